@@ -1,0 +1,1 @@
+"""Flowcraft for Python."""
