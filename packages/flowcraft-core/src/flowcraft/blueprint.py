@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import BlueprintValidationError
 
@@ -97,6 +105,7 @@ class WorkflowBlueprint(BaseModel):
     nodes: tuple[NodeDefinition, ...] = ()
     edges: tuple[EdgeDefinition, ...] = ()
     metadata: dict[str, Any] = Field(default_factory=dict)
+    _plan: Any = PrivateAttr(default=None)  # compiled execution plan cache (see flowcraft.plan)
 
     @field_validator("nodes", "edges", mode="before")
     @classmethod
@@ -204,9 +213,9 @@ def _format_pydantic(err: ValidationError, raw: Any) -> list[str]:
     return out
 
 
-def load_blueprint(source: WorkflowBlueprint | Mapping[str, Any] | str | bytes | Path) -> (
-    WorkflowBlueprint
-):
+def load_blueprint(
+    source: WorkflowBlueprint | Mapping[str, Any] | str | bytes | Path,
+) -> WorkflowBlueprint:
     """Parse and validate a blueprint from a model, a mapping, JSON text/bytes or a file path.
 
     Every failure is a :class:`BlueprintValidationError` whose message names the offending

@@ -19,10 +19,14 @@ class PatchOperation:
 
     def to_wire(self) -> dict[str, Any]:
         """Upstream's JSON shape ``{op, key, value?}``."""
-        return {"op": self.op, "key": self.key, "value": self.value} if self.op == "set" else {
-            "op": "delete",
-            "key": self.key,
-        }
+        return (
+            {"op": self.op, "key": self.key, "value": self.value}
+            if self.op == "set"
+            else {
+                "op": "delete",
+                "key": self.key,
+            }
+        )
 
 
 @runtime_checkable

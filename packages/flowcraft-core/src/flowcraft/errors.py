@@ -126,9 +126,7 @@ class ErrorRecord(BaseModel):
             is_fatal=bool(fe and fe.is_fatal),
             cause=(str(cause) or type(cause).__name__) if cause is not None else None,
             cause_type=type(cause).__name__ if cause is not None else None,
-            traceback=(
-                "".join(traceback.format_exception(exc)) if with_traceback else None
-            ),
+            traceback=("".join(traceback.format_exception(exc)) if with_traceback else None),
         )
 
     def to_wire(self) -> dict[str, Any]:
