@@ -153,7 +153,6 @@ class TrackedContext:
         """See :meth:`AsyncContext.set`."""
         if not isinstance(key, str):
             raise TypeError(f"context keys must be str, got {type(key).__name__}")
-        self._deltas.pop(key, None)
         self._deltas[key] = PatchOperation("set", key, value)
         if not self._buffered:
             await self._inner.set(key, value)
@@ -169,7 +168,6 @@ class TrackedContext:
     async def delete(self, key: str) -> bool:
         """See :meth:`AsyncContext.delete`."""
         existed = await self.has(key)
-        self._deltas.pop(key, None)
         self._deltas[key] = PatchOperation("delete", key)
         if not self._buffered:
             await self._inner.delete(key)
@@ -188,7 +186,6 @@ class TrackedContext:
         """Record and apply several operations; the inner context applies them atomically."""
         ops = list(ops)
         for op in ops:
-            self._deltas.pop(op.key, None)
             self._deltas[op.key] = op
         if not self._buffered:
             await self._inner.patch(ops)

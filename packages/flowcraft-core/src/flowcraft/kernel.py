@@ -39,6 +39,9 @@ ITEM: Final = 2
 
 Emit = Callable[[str, dict[str, Any]], None]
 
+EXPLICIT_INPUT: Final = ""  # never a node id (ids are non-empty)
+"""Delivery slot holding a node's input verbatim (loop re-entry, any-join winner, fallback)."""
+
 _RESERVED: Final = frozenset({"result", "output", "input", "context", "outputs"})
 
 
@@ -91,12 +94,16 @@ class Scope(Mapping[str, Any]):
     ``outputs`` (node outputs by id); then any node id (its output); then any context key.
     """
 
-    __slots__ = ("_ctx", "_output", "_result")
+    __slots__ = ("_ctx", "_output", "_result", "_source")
 
-    def __init__(self, ctx: Mapping[str, Any], result: NodeResult | None) -> None:
+    def __init__(
+        self, ctx: Mapping[str, Any], result: NodeResult | None, source: str | None = None
+    ) -> None:
         self._ctx = ctx
         self._result = result
         self._output = result.output if result is not None else None
+        # The source node's own output is not in ctx yet while its edges are decided.
+        self._source = source
 
     def __getitem__(self, key: str) -> Any:
         if key in _RESERVED:
@@ -107,7 +114,11 @@ class Scope(Mapping[str, Any]):
                 return self._output
             if key == "context":
                 return self._ctx
+            if self._source is not None:
+                return {**OutputsView(self._ctx), self._source: self._output}
             return OutputsView(self._ctx)
+        if key == self._source:
+            return self._output
         ctx = self._ctx
         ok = output_key(key)
         if ok in ctx:
@@ -117,7 +128,12 @@ class Scope(Mapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
-        return key in _RESERVED or output_key(key) in self._ctx or key in self._ctx
+        return (
+            key in _RESERVED
+            or key == self._source
+            or output_key(key) in self._ctx
+            or key in self._ctx
+        )
 
     def __iter__(self) -> Iterator[str]:
         yield from _RESERVED
@@ -212,11 +228,11 @@ class Kernel:
         ns = self.state.nodes[node_id]
         if ns.status in DONE_NODE_STATUSES or ns.status == "failed":
             return []
-        edges = plan.out_edges[node_id]
-        if owner is not None:
-            edges = edges + plan.out_edges[owner]
         # Decide everything first (may raise ExpressionError) and mutate afterwards.
-        decisions = self._decide(node_id, edges, result)
+        decisions = self._decide(node_id, plan.out_edges[node_id], result)
+        if owner is not None:
+            # The owner's edges route the fallback's result as the owner's (by owner id too).
+            decisions += self._decide(owner, plan.out_edges[owner], result)
         ns.status = "completed"
         ns.action = result.action
         self.state.awaiting.pop(node_id, None)
@@ -259,7 +275,7 @@ class Kernel:
                 taken = True
                 if e.condition_fn is not None:
                     if scope is None:
-                        scope = Scope(self.ctx, result)
+                        scope = Scope(self.ctx, result, source)
                     try:
                         taken = _truthy(e.condition_fn(scope))
                     except ExpressionError as exc:
@@ -279,7 +295,7 @@ class Kernel:
                 if taken:
                     if e.transform_fn is not None:
                         if scope is None:
-                            scope = Scope(self.ctx, result)
+                            scope = Scope(self.ctx, result, source)
                         try:
                             value = e.transform_fn(scope)
                         except ExpressionError as exc:
@@ -302,8 +318,8 @@ class Kernel:
         d = self.state.inputs.get(node_id)
         if not d:
             return None
-        if "\x00loop" in d:
-            return d["\x00loop"]
+        if EXPLICIT_INPUT in d:
+            return d[EXPLICIT_INPUT]
         if self.plan.fan_in(node_id):
             return {s: d[s] for s in self.plan.forward_sources[node_id] if s in d}
         return next(iter(d.values()))
@@ -332,6 +348,7 @@ class Kernel:
             if ts.status != "pending":
                 continue
             if taken and plan.nodes[t].config.join_strategy == "any":
+                st.inputs[t][EXPLICIT_INPUT] = value  # first arrival wins, also after reload
                 self._activate(t, value, acts)
             elif ts.unresolved <= 0:
                 if ts.taken:
@@ -390,14 +407,14 @@ class Kernel:
                 st.edges.pop(e.key, None)
             slot = st.inputs.get(n)
             if slot:
-                for src in [s for s in slot if s in body or s == "\x00loop"]:
+                for src in [s for s in slot if s in body or s == EXPLICIT_INPUT]:
                     del slot[src]
         for n in body:
             ns = st.nodes[n]
             ins = plan.in_forward[n]
             ns.unresolved = sum(1 for e in ins if e.key not in st.edges)
             ns.taken = sum(1 for e in ins if st.edges.get(e.key))
-        st.inputs.setdefault(target, {})["\x00loop"] = value
+        st.inputs.setdefault(target, {})[EXPLICIT_INPUT] = value
         self._activate(target, value, acts)
 
     def on_failed(
@@ -424,6 +441,7 @@ class Kernel:
             ns.status = "failed"
             st.nodes[fb].status = "queued"
             st.fallbacks[fb] = node_id
+            st.inputs[fb] = {EXPLICIT_INPUT: node_input}
             if self.emit is not None:
                 self.emit("node:fallback", {"nodeId": node_id, "fallback": fb})
             return [

@@ -29,7 +29,7 @@ from .builtins import (
     WAIT,
     parse_duration,
 )
-from .context import InMemoryContext, TrackedContext
+from .context import InMemoryContext, PatchOperation, TrackedContext
 from .errors import (
     BlueprintValidationError,
     ErrorRecord,
@@ -40,7 +40,7 @@ from .errors import (
     ResumeError,
 )
 from .events import EventBus, FlowcraftEvent
-from .executor import run_class, run_function
+from .executor import Sleep, run_class, run_function
 from .expressions import Evaluator, SafeEvaluator
 from .kernel import FALLBACK, ITEM, Activation, Kernel, Scope
 from .middleware import compose
@@ -128,11 +128,13 @@ class _Run:
     """Mutable per-run bookkeeping for the in-memory driver."""
 
     __slots__ = (
+        "attempt_window",
         "blueprint",
         "bus",
         "cancel_requested",
         "concurrency",
         "ctx",
+        "deltas",
         "deps",
         "driver",
         "kernel",
@@ -168,6 +170,21 @@ class _Run:
         self.cancel_requested = False
         self.driver: asyncio.Task[Any] | None = None
         self.stop_at: frozenset[str] = frozenset()
+        # Distributed mode: record every context write as a delta to commit atomically.
+        self.deltas: dict[str, PatchOperation] | None = None
+        # Distributed queue-retry mode: run exactly these attempts (first, last).
+        self.attempt_window: tuple[int, int] | None = None
+
+    def write(self, key: str, value: Any, source: str) -> None:
+        """A context write made by the engine on behalf of node ``source``."""
+        self.ctx.data[key] = value
+        if self.deltas is not None:
+            self.deltas.pop(key, None)
+            self.deltas[key] = PatchOperation("set", key, value)
+        if self.bus is not None:
+            self.emit(
+                "context:change", {"sourceNode": source, "key": key, "op": "set", "value": value}
+            )
 
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
         bus = self.bus
@@ -199,6 +216,8 @@ class FlowRuntime:
 
     ``registry`` maps ``uses`` keys to node functions or :class:`~flowcraft.nodes.BaseNode`
     subclasses; ``blueprints`` holds blueprints that subflows (and the scheduler) refer to by id.
+    ``sleep`` is the coroutine function awaited between retry attempts (default
+    :func:`asyncio.sleep`; inject a fake one to test backoff without waiting).
     """
 
     def __init__(
@@ -214,6 +233,7 @@ class FlowRuntime:
         concurrency: int = DEFAULT_CONCURRENCY,
         strict: bool = False,
         timer_store: TimerStore | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         self.registry: dict[str, NodeImplementation] = dict(registry or {})
         self.blueprints: dict[str, WorkflowBlueprint] = {}
@@ -231,6 +251,7 @@ class FlowRuntime:
         self.concurrency = concurrency
         self.strict = strict
         self.timer_store = timer_store
+        self.sleep: Sleep = sleep or asyncio.sleep  # waits between retry attempts (injectable)
         self._active: dict[str, _Run] = {}
 
     # -- registration ------------------------------------------------------------------------
@@ -390,10 +411,11 @@ class FlowRuntime:
         else:
             if details.get("reason") == "timer" and output is None:
                 output = details.get("input")
-            acts = run.kernel.resume(node_id, output, action)
+            # node:finish precedes the routing events (edge:evaluate, node:skipped), as in run().
             run.emit(
-                "node:finish", {"nodeId": node_id, "result": {"output": output, "action": action}}
+                "node:finish", {"nodeId": node_id, "result": NodeResult(output, action).to_wire()}
             )
+            acts = run.kernel.resume(node_id, output, action)
         return await self._go(run, acts, signal)
 
     def cancel(self, execution_id: str) -> bool:
@@ -449,6 +471,17 @@ class FlowRuntime:
             for a in run.running.values():
                 self._mark_cancelled(run, a)
             run.running.clear()
+            # A node run inline (not in run.running) was cancelled too; queued work never started.
+            for ns in run.state.nodes.values():
+                if ns.status == "running":
+                    ns.status = "cancelled"
+                elif ns.status == "queued":
+                    ns.status = "pending"
+            for bs in run.state.batches.values():
+                bs.item_status = [
+                    "cancelled" if s == "running" else "pending" if s == "queued" else s
+                    for s in bs.item_status
+                ]
             if not run.cancel_requested:
                 raise
             task = asyncio.current_task()
@@ -601,14 +634,23 @@ class FlowRuntime:
     ) -> NodeContext:
         node = run.plan.nodes[act.node_id]
         ctx: Any = run.ctx
-        if run.bus is not None:
-            emit = run.emit
+        if run.bus is not None or run.deltas is not None:
+            emit = run.emit if run.bus is not None else None
+            deltas = run.deltas
 
             def listener(op: str, key: str, value: Any) -> None:
-                emit(
-                    "context:change",
-                    {"sourceNode": node_id, "key": key, "op": op, "value": value},
-                )
+                if deltas is not None:
+                    deltas.pop(key, None)
+                    deltas[key] = (
+                        PatchOperation("set", key, value)
+                        if op == "set"
+                        else (PatchOperation("delete", key))
+                    )
+                if emit is not None:
+                    emit(
+                        "context:change",
+                        {"sourceNode": node_id, "key": key, "op": op, "value": value},
+                    )
 
             ctx = TrackedContext(run.ctx, node_id, listener=listener)
         return NodeContext(
@@ -651,16 +693,23 @@ class FlowRuntime:
                     },
                 )
 
+        window: dict[str, int] = {}
+        if run.attempt_window is not None:
+            window = {"first_attempt": run.attempt_window[0], "last_attempt": run.attempt_window[1]}
         if is_node_class(impl):
             cls: Any = impl
 
             async def call(c: NodeContext) -> NodeResult:
-                return await run_class(cls, c, config, on_retry=on_retry)
+                return await run_class(
+                    cls, c, config, on_retry=on_retry, sleep=self.sleep, **window
+                )
         else:
             fn: Any = impl
 
             async def call(c: NodeContext) -> NodeResult:
-                return await run_function(fn, c, config, on_retry=on_retry)
+                return await run_function(
+                    fn, c, config, on_retry=on_retry, sleep=self.sleep, **window
+                )
 
         if self.middleware:
             from .nodes import coerce_result
@@ -709,11 +758,7 @@ class FlowRuntime:
             return (_SCATTER, list(node_input))
         if uses == BATCH_GATHER:
             key = node.params.get("outputKey") or node.id
-            run.ctx.data[key] = node_input
-            run.emit(
-                "context:change",
-                {"sourceNode": node.id, "key": key, "op": "set", "value": node_input},
-            ) if run.bus else None
+            run.write(key, node_input, node.id)
             return (_OK, NodeResult(node_input))
         if uses == SUBFLOW:
             return await self._subflow(run, act, node, node_input)
@@ -783,7 +828,7 @@ class FlowRuntime:
             for pk, ck in outs.items():
                 v = child.context.get(output_key(ck), child.context.get(ck))
                 res[pk] = v
-                run.ctx.data[pk] = v
+                run.write(pk, v, node.id)
             return res
         bp = self.blueprints[child.blueprint_id]
         terms = [t for t in terminal_node_ids(bp) if child.node_statuses.get(t) == "completed"]

@@ -65,11 +65,16 @@ class JsonSerializer:
     def serialize(self, data: Any) -> str:
         """See :meth:`Serializer.serialize`."""
         try:
-            return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError, RecursionError) as exc:
             bad = find_unserializable(data)
             where = f"{bad[0] or '<root>'}: {bad[1]}" if bad else str(exc)
             raise SerializationError(f"cannot serialize {where}") from exc
+        # json.dumps silently turns int/float/bool/None keys into strings: reject them too.
+        bad = find_unserializable(data)
+        if bad is not None:
+            raise SerializationError(f"cannot serialize {bad[0] or '<root>'}: {bad[1]}")
+        return text
 
     def deserialize(self, text: str) -> Any:
         """See :meth:`Serializer.deserialize`."""

@@ -1,0 +1,468 @@
+"""The ``flowcraft`` command line: run, lint and draw blueprints, print the blueprint schema.
+
+Exit codes of ``flowcraft run``: 0 completed, 2 awaiting, 1 failed / stalled / cancelled.
+Every command exits 3 on a usage or validation error (bad arguments, unreadable or invalid
+blueprint, bad ``--input``, registry that cannot be imported), with the message on stderr.
+``flowcraft lint`` exits 1 when the blueprint has an error-level issue.
+
+Heavy modules (the runtime, rich) are imported inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .blueprint import WorkflowBlueprint
+    from .runtime import WorkflowResult
+
+__all__ = [
+    "EXIT_AWAITING",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "app",
+    "load_registry",
+    "main",
+]
+
+EXIT_OK = 0
+"""The run completed (or the blueprint has no error-level lint issue)."""
+EXIT_FAILED = 1
+"""The run failed, stalled or was cancelled (or ``lint`` found an error)."""
+EXIT_AWAITING = 2
+"""The run stopped to await (a wait, sleep or subflow node)."""
+EXIT_USAGE = 3
+"""Usage or validation error."""
+
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+
+
+class _Group(TyperGroup):
+    """Makes click's own usage errors (missing argument, unknown option) exit with 3."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _USAGE_ERROR as exc:
+            exc.exit_code = EXIT_USAGE  # type: ignore[attr-defined]
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERROR as exc:
+            exc.exit_code = EXIT_USAGE  # type: ignore[attr-defined]
+            raise
+
+
+app = typer.Typer(
+    name="flowcraft",
+    cls=_Group,
+    help="Flowcraft: run, lint and draw workflow blueprints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _usage_error(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"flowcraft {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Flowcraft: run, lint and draw workflow blueprints."""
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _import_file(path: Path) -> Any:
+    """Import a Python file as a module named after its stem (reusing an identical import)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file {str(path)!r}")
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        f = getattr(existing, "__file__", None)
+        if f is not None and Path(f).resolve() == path:
+            return existing
+        name = f"_flowcraft_registry_{name}"
+    parent = str(path.parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {str(path)!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_registry(spec: str) -> dict[str, Any]:
+    """Import a registry from ``module:attr`` or ``path/to/file.py:attr``.
+
+    ``attr`` may be dotted. The object must be a mapping of ``uses`` keys to implementations or
+    a :class:`~flowcraft.builder.Flow` (its ``.registry`` is used). The current directory is
+    importable. Raises ``ValueError`` describing the problem.
+    """
+    from .builder import Flow
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"--registry {spec!r}: expected MODULE:ATTR or PATH.py:ATTR")
+    try:
+        if target.endswith(".py") or "/" in target or os.sep in target:
+            obj: Any = _import_file(Path(target))
+        else:
+            cwd = os.getcwd()
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
+            obj = importlib.import_module(target)
+    except Exception as exc:
+        raise ValueError(
+            f"--registry {spec!r}: cannot import {target!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"--registry {spec!r}: {target!r} has no attribute {attr!r}") from None
+    if isinstance(obj, Flow):
+        return dict(obj.registry)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise ValueError(
+        f"--registry {spec!r}: expected a mapping of uses keys to implementations or a Flow, "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _registry_or_exit(spec: str | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    try:
+        return load_registry(spec)
+    except ValueError as exc:
+        _usage_error(str(exc))
+
+
+def _load_blueprint_or_exit(path: Path) -> WorkflowBlueprint:
+    from .blueprint import load_blueprint
+    from .errors import BlueprintValidationError
+
+    try:
+        return load_blueprint(path)
+    except BlueprintValidationError as exc:
+        _usage_error(str(exc))
+
+
+def _parse_input(value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    text = value
+    where = "--input"
+    if value.startswith("@"):
+        where = f"--input file {value[1:]!r}"
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            _usage_error(f"cannot read {where}: {exc.strerror or exc}")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        _usage_error(f"{where} is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        _usage_error(f"{where} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_STATUS_STYLE = {
+    "completed": "green",
+    "recovered": "yellow",
+    "failed": "red",
+    "awaiting": "yellow",
+    "skipped": "dim",
+    "pending": "dim",
+    "stalled": "red",
+    "cancelled": "red",
+}
+
+
+def _print_summary(console: Console, bp: WorkflowBlueprint, result: WorkflowResult) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    def styled(status: str) -> str:
+        style = _STATUS_STYLE.get(status)
+        return f"[{style}]{status}[/{style}]" if style else status
+
+    console.print(f"Workflow [bold]{escape(bp.id)}[/bold]  execution {escape(result.execution_id)}")
+    console.print(f"Status: {styled(result.status)}")
+    table = Table("Node", "Status", "Output")
+    outputs = result.outputs
+    for node_id, status in result.node_statuses.items():
+        out = _short(outputs[node_id]) if node_id in outputs else ""
+        table.add_row(escape(node_id), styled(status), escape(out))
+    console.print(table)
+    user = {k: v for k, v in result.context.items() if not k.startswith("_")}
+    if user:
+        console.print("Context:")
+        for k, v in user.items():
+            console.print(f"  {escape(k)} = {escape(_short(v))}")
+    if result.awaiting:
+        console.print("Awaiting:")
+        for node_id, details in result.awaiting.items():
+            reason = details.get("reason")
+            console.print(f"  {escape(node_id)}: {escape(str(reason))}")
+    if result.errors:
+        console.print("Errors:")
+        for err in result.errors:
+            where = f"{err.node_id}: " if err.node_id else ""
+            console.print(f"  [red]{escape(where)}{escape(err.name)}: {escape(err.message)}[/red]")
+
+
+class _PrintBus:
+    """Event bus that prints each event as one line as soon as it happens."""
+
+    def __init__(self, err: bool) -> None:
+        self.err = err
+
+    def emit(self, event: Any) -> None:
+        from .testing.recorder import format_event
+
+        typer.echo(format_event(event), err=self.err)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    blueprint: Annotated[Path, typer.Argument(help="Blueprint JSON file.", show_default=False)],
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            "-r",
+            help="Implementations: MODULE:ATTR or PATH.py:ATTR (a mapping or a Flow).",
+        ),
+    ] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input", "-i", help="Initial context: a JSON object, or @file.json.", metavar="JSON"
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only the result as JSON on stdout.")
+    ] = False,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Max nodes running at once.")
+    ] = None,
+    events: Annotated[
+        bool,
+        typer.Option("--events", help="Print every event (on stderr with --json)."),
+    ] = False,
+    execution_id: Annotated[
+        str | None, typer.Option("--execution-id", help="Execution id (default: a new uuid).")
+    ] = None,
+) -> None:
+    """Run a blueprint; exit 0 completed, 2 awaiting, 1 failed/stalled/cancelled, 3 usage."""
+    reg = _registry_or_exit(registry)
+    initial = _parse_input(input_)
+    bp = _load_blueprint_or_exit(blueprint)
+
+    from .errors import BlueprintValidationError
+    from .runtime import FlowRuntime, run_sync
+
+    runtime = FlowRuntime(registry=reg, event_bus=_PrintBus(err=as_json) if events else None)
+    try:
+        result: WorkflowResult = run_sync(
+            runtime.run(bp, initial, concurrency=concurrency, execution_id=execution_id)
+        )
+    except BlueprintValidationError as exc:
+        _usage_error(str(exc))
+    code = {"completed": EXIT_OK, "awaiting": EXIT_AWAITING}.get(result.status, EXIT_FAILED)
+    if as_json:
+        try:
+            text = json.dumps(result.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            typer.echo(f"error: cannot serialize the result as JSON: {exc}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        typer.echo(text)
+    else:
+        from rich.console import Console
+
+        _print_summary(Console(highlight=False), bp, result)
+    raise typer.Exit(code)
+
+
+@app.command()
+def lint(
+    blueprint: Annotated[Path, typer.Argument(help="Blueprint JSON file.", show_default=False)],
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            "-r",
+            help="Also check implementations: MODULE:ATTR or PATH.py:ATTR.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the issues as JSON.")] = False,
+) -> None:
+    """Report every problem of a blueprint; exit 1 when one is an error."""
+    try:
+        raw = json.loads(blueprint.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _usage_error(f"cannot read {str(blueprint)!r}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _usage_error(f"{str(blueprint)!r} is not valid JSON: {exc}")
+    if not isinstance(raw, dict):
+        _usage_error(f"a blueprint must be a JSON object, got {type(raw).__name__}")
+    reg = _registry_or_exit(registry)
+
+    from .lint import lint_blueprint
+
+    result = lint_blueprint(raw, reg)
+    code = EXIT_OK if result.is_valid else EXIT_FAILED
+    if as_json:
+        payload = {
+            "isValid": result.is_valid,
+            "issues": [
+                {
+                    "code": i.code,
+                    "severity": i.severity,
+                    "nodeId": i.node_id,
+                    "relatedId": i.related_id,
+                    "message": i.message,
+                }
+                for i in result.issues
+            ],
+        }
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        raise typer.Exit(code)
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False, soft_wrap=True)
+    for i in result.issues:
+        color = "red" if i.severity == "error" else "yellow"
+        node = f" [{i.node_id}]" if i.node_id is not None else ""
+        console.print(
+            f"[{color}]{i.severity}[/{color}] [bold]{i.code}[/bold]{escape(node)}: "
+            f"{escape(i.message)}"
+        )
+    n_err, n_warn = len(result.errors), len(result.warnings)
+    if not result.issues:
+        console.print("[green]No issues found.[/green]")
+    else:
+        console.print(f"{_plural(n_err, 'error')}, {_plural(n_warn, 'warning')}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def graph(
+    blueprint: Annotated[Path, typer.Argument(help="Blueprint JSON file.", show_default=False)],
+    result: Annotated[
+        Path | None,
+        typer.Option(
+            "--result", help="A result saved by `flowcraft run --json`: highlight that run."
+        ),
+    ] = None,
+) -> None:
+    """Print the blueprint as a Mermaid flowchart."""
+    bp = _load_blueprint_or_exit(blueprint)
+
+    from .mermaid import generate_mermaid, generate_mermaid_for_run
+
+    if result is None:
+        typer.echo(generate_mermaid(bp))
+        return
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _usage_error(f"cannot read {str(result)!r}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _usage_error(f"--result {str(result)!r} is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        _usage_error(f"--result {str(result)!r} must be a JSON object")
+    statuses = data.get("nodeStatuses")
+    state = data.get("state")
+    if not isinstance(statuses, dict) or not isinstance(state, dict):
+        _usage_error(f"--result {str(result)!r} is not a result saved by `flowcraft run --json`")
+    if data.get("blueprintId") not in (None, bp.id):
+        _usage_error(
+            f"--result {str(result)!r} is a run of blueprint {data.get('blueprintId')!r}, "
+            f"not {bp.id!r}"
+        )
+    edges = state.get("edges") or {}
+    taken = [k for k, v in edges.items() if v is True] if isinstance(edges, dict) else []
+    typer.echo(generate_mermaid_for_run(bp, statuses, taken))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the blueprint format."""
+    from .blueprint import blueprint_json_schema
+
+    typer.echo(json.dumps(blueprint_json_schema(), indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``flowcraft`` script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,167 @@
+"""The distributed contracts: job payloads, the coordination store and the run context store.
+
+Adapters implement these against a real queue and database; everything else (routing, joins,
+retries, leases, recovery) lives once, in
+:class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..context import AsyncContext, PatchOperation
+
+JobKind = Literal["node", "timer"]
+
+
+class SimulatedCrash(BaseException):
+    """Raised by fault injection to model a worker dying at a named step point.
+
+    A BaseException, so no ``except Exception`` recovers from it: the job is neither acked nor
+    cleaned up (its lease is left to expire), exactly as if the process had been killed.
+    """
+
+
+class InvalidJobError(ValueError):
+    """A queue message is not a valid job payload; it should be dead-lettered."""
+
+
+class JobPayload(BaseModel):
+    """One queue message = one node execution. Wire names are upstream's camelCase.
+
+    ``nodeId`` is ``<scatter>[<i>]`` for batch items. ``iteration`` tells loop iterations apart
+    so deduplication never swallows the next iteration. ``kind="timer"`` wakes a sleep node.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+
+    run_id: str = Field(alias="runId", min_length=1)
+    blueprint_id: str = Field(alias="blueprintId", min_length=1)
+    node_id: str = Field(alias="nodeId", min_length=1)
+    attempt: int = Field(default=1, ge=1)
+    is_last_attempt: bool | None = Field(default=None, alias="isLastAttempt")
+    iteration: int = Field(default=0, ge=0)
+    blueprint_version: str | None = Field(default=None, alias="blueprintVersion")
+    kind: JobKind = "node"
+    requeues: int = Field(default=0, ge=0)
+
+    @property
+    def job_id(self) -> str:
+        """Deduplication id: run, node, iteration, attempt and kind (never just run+node)."""
+        return f"{self.run_id}:{self.node_id}:{self.iteration}:{self.attempt}:{self.kind}"
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON object put on the queue."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    def to_json(self) -> str:
+        """:meth:`to_wire` as compact JSON text."""
+        return json.dumps(self.to_wire(), separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, raw: str | bytes | dict[str, Any]) -> JobPayload:
+        """Parse a queue message; :class:`InvalidJobError` names what is wrong."""
+        try:
+            data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+            if not isinstance(data, dict):
+                raise InvalidJobError(f"job must be a JSON object, got {type(data).__name__}")
+            return cls.model_validate(data)
+        except InvalidJobError:
+            raise
+        except (ValueError, ValidationError) as exc:
+            raise InvalidJobError(f"invalid job payload: {exc}") from None
+
+
+@runtime_checkable
+class CoordinationStore(Protocol):
+    """Atomic key/value operations for leases and markers (upstream's ICoordinationStore).
+
+    Every TTL is in seconds. Values are strings. An expired key must behave as absent on every
+    operation, also on stores that delete expired data lazily.
+    """
+
+    async def increment(self, key: str, ttl_seconds: float) -> int:
+        """Atomically add one and return the new value (a missing key counts as 0)."""
+        ...
+
+    async def set_if_not_exist(self, key: str, value: str, ttl_seconds: float) -> bool:
+        """Store ``value`` only when ``key`` is absent; True when it was stored."""
+        ...
+
+    async def extend_ttl(self, key: str, ttl_seconds: float) -> bool:
+        """Give an existing key a new TTL; False when it does not exist."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (no error when absent)."""
+        ...
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key``, or None."""
+        ...
+
+
+ICoordinationStore = CoordinationStore
+"""Upstream's name for :class:`CoordinationStore`."""
+
+
+async def delete_if_equals(store: CoordinationStore, key: str, value: str) -> bool:
+    """Delete ``key`` when it holds ``value`` (lease release). Stores may override this with an
+    atomic version (``compare_and_delete``); this default is check-then-act."""
+    native = getattr(store, "compare_and_delete", None)
+    if native is not None:
+        return bool(await native(key, value))
+    if await store.get(key) == value:
+        await store.delete(key)
+        return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything stored for a run (user context and engine keys) and its version."""
+
+    data: dict[str, Any]
+    version: int
+
+
+@runtime_checkable
+class DistributedContext(AsyncContext, Protocol):
+    """A run's context in a backend store, with versioned atomic commits.
+
+    ``load`` reads every key of the run (user keys and the engine's ``_fc.`` keys) with the
+    version; ``commit`` applies all operations atomically if and only if the stored version still
+    equals ``expected_version`` (then increments it) and returns whether it did. A run that does
+    not exist has version 0 and no keys.
+    """
+
+    async def load(self) -> Snapshot:
+        """All keys of the run and its version."""
+        ...
+
+    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
+        """Apply ``ops`` atomically when the version matches; True on success."""
+        ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter's backend can do; the conformance suite runs or skips tests by these.
+
+    Modelled on SQLAlchemy dialect requirements: declare, don't detect.
+    """
+
+    queue_native_retries: bool = False
+    delayed_delivery: bool = False
+    push_model: bool = False
+    multi_process: bool = False
+    redelivery_on_crash: bool = True
+    dead_letter: bool = False
+    max_delay_seconds: float | None = None
+    max_value_bytes: int | None = None
+    extra: dict[str, Any] | None = None
