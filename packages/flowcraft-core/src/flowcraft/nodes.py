@@ -140,4 +140,20 @@ def registry_key(impl: object) -> str | None:
     mod = getattr(impl, "__module__", None)
     if not isinstance(qual, str) or not isinstance(mod, str) or "<" in qual:
         return None
+    if mod == "__main__":
+        mod = _main_module_name()
     return f"{mod}:{qual}"
+
+
+def _main_module_name() -> str:
+    """The importable name of ``__main__`` (``-m pkg.mod`` or the script's file stem), so a
+    script and the workers importing it as a module agree on registry keys."""
+    import sys
+    from pathlib import Path
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None):
+        return str(spec.name)
+    f = getattr(main, "__file__", None)
+    return Path(f).stem if isinstance(f, str) else "__main__"

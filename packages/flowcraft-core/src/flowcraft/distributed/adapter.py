@@ -288,11 +288,17 @@ class BaseDistributedAdapter(ABC):
             run_id=run_id,
             blueprint_id=st.blueprint_id,
             status=st.status,
-            node_statuses={k: v.status for k, v in st.nodes.items()},
+            node_statuses=self._ordered_statuses(st),
             awaiting=st.awaiting,
             errors=st.errors,
             updated_at=rec.get("updatedAt"),
         )
+
+    def _ordered_statuses(self, st: RunState) -> dict[str, Any]:
+        bp = self._blueprint(st.blueprint_id)
+        order = {n.id: i for i, n in enumerate(bp.nodes)} if bp is not None else {}
+        keys = sorted(st.nodes, key=lambda k: (order.get(k, 1 << 30), k))
+        return {k: st.nodes[k].status for k in keys}
 
     async def get_result(self, run_id: str) -> WorkflowResult:
         """The run as a :class:`WorkflowResult` (whatever its status)."""
@@ -306,7 +312,7 @@ class BaseDistributedAdapter(ABC):
             blueprint_id=st.blueprint_id,
             status=st.status,
             context=sk.user_context(snap.data),
-            node_statuses={k: v.status for k, v in st.nodes.items()},
+            node_statuses=self._ordered_statuses(st),
             errors=[ErrorRecord.model_validate(e) for e in st.errors],
             awaiting=dict(st.awaiting),
             state=st,

@@ -1,0 +1,5 @@
+"""``python -m flowcraft``: the command-line interface."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,625 @@
+"""SQLite backend: queue, run store and coordination in one database file.
+
+Several worker *processes* on one machine share the file (WAL mode). Every statement is
+parameterised; keys are never pasted into SQL. Blocking sqlite calls run on one dedicated
+thread per backend object, so the event loop stays responsive.
+
+Tables: ``fc_jobs`` (queue with visibility timeouts: a claimed message is invisible until its
+``available_at``), ``fc_ctx`` (one row per run and key, JSON values), ``fc_runs`` (version,
+status and last progress per run, indexed for the reconciler), ``fc_coord`` (coordination keys
+with expiry checked on every read), ``fc_dead`` (dead letters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from ..context import PatchOperation
+from .adapter import BaseDistributedAdapter, JobHandler, RetryJob
+from .codec import decode_value, encode_value
+from .contracts import Capabilities, InvalidJobError, JobPayload, Snapshot
+from .statekeys import RUN_KEY
+
+log = logging.getLogger("flowcraft.sqlite")
+
+T = TypeVar("T")
+
+_FINAL = ("completed", "failed", "stalled", "cancelled")
+_SET_AVAILABLE = "UPDATE fc_jobs SET available_at = ? WHERE id = ?"
+_VERSION = "SELECT version FROM fc_runs WHERE run_id = ?"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS fc_jobs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  body TEXT NOT NULL,
+  available_at REAL NOT NULL,
+  receives INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS fc_jobs_available ON fc_jobs (available_at, id);
+CREATE TABLE IF NOT EXISTS fc_ctx (
+  run_id TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fc_runs (
+  run_id TEXT PRIMARY KEY,
+  version INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fc_runs_active ON fc_runs (status, updated_at);
+CREATE TABLE IF NOT EXISTS fc_coord (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fc_results (
+  run_id TEXT PRIMARY KEY,
+  result TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fc_dead (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  body TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  at REAL NOT NULL
+);
+"""
+
+
+class SqliteBackend:
+    """One connection to a Flowcraft SQLite database, used by adapters, contexts and stores."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        visibility_timeout: float = 30.0,
+        busy_timeout: float = 30.0,
+        max_value_bytes: int | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.visibility_timeout = visibility_timeout
+        self.max_value_bytes = max_value_bytes
+        self._busy_timeout = busy_timeout
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowcraft-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self.commits = 0
+        self.bytes_written = 0
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    class _tx:
+        def __init__(self, conn: sqlite3.Connection, immediate: bool = True) -> None:
+            self.conn = conn
+            self.immediate = immediate
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE" if self.immediate else "BEGIN")
+            return self.conn
+
+        def __exit__(self, et: object, ev: object, tb: object) -> None:
+            if et is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the backend's thread."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            with self._lock:
+                return fn(self._connect())
+
+        return await loop.run_in_executor(self._pool, run)
+
+    def close(self) -> None:
+        """Close the connection and the thread."""
+
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._pool.submit(shut).result()
+        self._pool.shutdown(wait=True)
+
+    # -- queue -----------------------------------------------------------------------------------
+
+    async def put(self, body: str, delay: float = 0.0) -> None:
+        """Enqueue a message deliverable after ``delay`` seconds."""
+        at = time.time() + max(delay, 0.0)
+
+        def q(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO fc_jobs (body, available_at) VALUES (?, ?)", (body, at))
+
+        await self.call(q)
+
+    async def claim(self, limit: int) -> list[tuple[int, str, int]]:
+        """Take up to ``limit`` visible messages, making them invisible for the visibility
+        timeout; returns ``(id, body, receive_count)``."""
+        vis = self.visibility_timeout
+
+        def q(c: sqlite3.Connection) -> list[tuple[int, str, int]]:
+            now = time.time()
+            # Cheap check outside a write transaction first (most polls find nothing).
+            if (
+                c.execute(
+                    "SELECT 1 FROM fc_jobs WHERE available_at <= ? LIMIT 1", (now,)
+                ).fetchone()
+                is None
+            ):
+                return []
+            with self._tx(c):
+                rows = c.execute(
+                    "SELECT id, body, receives FROM fc_jobs WHERE available_at <= ? "
+                    "ORDER BY available_at, id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                c.executemany(
+                    "UPDATE fc_jobs SET available_at = ?, receives = receives + 1 WHERE id = ?",
+                    [(now + vis, r[0]) for r in rows],
+                )
+            return [(r[0], r[1], r[2] + 1) for r in rows]
+
+        return await self.call(q)
+
+    async def ack(self, message_id: int) -> None:
+        """Delete a delivered message."""
+        await self.call(lambda c: c.execute("DELETE FROM fc_jobs WHERE id = ?", (message_id,)))
+
+    async def nack(self, message_id: int, delay: float = 0.0) -> None:
+        """Make a delivered message visible again after ``delay``."""
+        at = time.time() + delay
+        await self.call(
+            lambda c: c.execute(
+                "UPDATE fc_jobs SET available_at = ? WHERE id = ?", (at, message_id)
+            )
+        )
+
+    async def extend(self, message_id: int, seconds: float) -> None:
+        """Keep a delivered message invisible for ``seconds`` more."""
+        at = time.time() + seconds
+        await self.call(
+            lambda c: c.execute(
+                "UPDATE fc_jobs SET available_at = ? WHERE id = ?", (at, message_id)
+            )
+        )
+
+    async def dead_letter(self, message_id: int | None, body: str, reason: str) -> None:
+        """Move a message to ``fc_dead`` (and out of the queue)."""
+
+        def q(c: sqlite3.Connection) -> None:
+            with self._tx(c):
+                c.execute(
+                    "INSERT INTO fc_dead (body, reason, at) VALUES (?, ?, ?)",
+                    (body, reason, time.time()),
+                )
+                if message_id is not None:
+                    c.execute("DELETE FROM fc_jobs WHERE id = ?", (message_id,))
+
+        await self.call(q)
+
+    async def queue_depth(self) -> int:
+        """Messages not yet acked."""
+        return int(
+            await self.call(lambda c: c.execute("SELECT COUNT(*) FROM fc_jobs").fetchone()[0])
+        )
+
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        """``(body, reason)`` of every dead letter."""
+        return await self.call(
+            lambda c: [
+                (r[0], r[1]) for r in c.execute("SELECT body, reason FROM fc_dead ORDER BY id")
+            ]
+        )
+
+    # -- run store -------------------------------------------------------------------------------
+
+    async def load(self, run_id: str) -> Snapshot:
+        """All keys of a run and its version (version 0 and no keys when absent)."""
+
+        def q(c: sqlite3.Connection) -> Snapshot:
+            with self._tx(c, immediate=False):
+                row = c.execute(
+                    "SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                data = {
+                    k: decode_value(v)
+                    for k, v in c.execute(
+                        "SELECT key, value FROM fc_ctx WHERE run_id = ?", (run_id,)
+                    )
+                }
+            return Snapshot(data, row[0] if row else 0)
+
+        return await self.call(q)
+
+    async def get_key(self, run_id: str, key: str) -> tuple[bool, Any]:
+        """``(present, value)`` of one key."""
+
+        def q(c: sqlite3.Connection) -> tuple[bool, Any]:
+            row = c.execute(
+                "SELECT value FROM fc_ctx WHERE run_id = ? AND key = ?", (run_id, key)
+            ).fetchone()
+            return (True, decode_value(row[0])) if row else (False, None)
+
+        return await self.call(q)
+
+    async def commit(
+        self, run_id: str, ops: Sequence[PatchOperation], expected: int | None
+    ) -> bool:
+        """Apply ``ops`` atomically; with ``expected`` only if the version still matches."""
+        enc = [
+            (op, encode_value(op.key, op.value, self.max_value_bytes) if op.op == "set" else "")
+            for op in ops
+        ]
+        status: str | None = None
+        for op, _ in enc:
+            if op.key == RUN_KEY and op.op == "set" and isinstance(op.value, Mapping):
+                status = str(op.value.get("status", "running"))
+
+        def q(c: sqlite3.Connection) -> bool:
+            with self._tx(c):
+                row = c.execute(
+                    "SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                version = row[0] if row else 0
+                if expected is not None and version != expected:
+                    return False
+                sets = [(run_id, op.key, text) for op, text in enc if op.op == "set"]
+                dels = [(run_id, op.key) for op, _ in enc if op.op == "delete"]
+                if sets:
+                    c.executemany(
+                        "INSERT INTO fc_ctx (run_id, key, value) VALUES (?, ?, ?) "
+                        "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                        sets,
+                    )
+                if dels:
+                    c.executemany("DELETE FROM fc_ctx WHERE run_id = ? AND key = ?", dels)
+                now = time.time()
+                if row is None:
+                    c.execute(
+                        "INSERT INTO fc_runs (run_id, version, status, updated_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (run_id, version + 1, status or "running", now),
+                    )
+                else:
+                    c.execute(
+                        "UPDATE fc_runs SET version = ?, status = COALESCE(?, status), "
+                        "updated_at = ? WHERE run_id = ?",
+                        (version + 1, status, now, run_id),
+                    )
+            self.commits += 1
+            self.bytes_written += sum(len(op.key) + len(t) for op, t in enc if op.op == "set")
+            return True
+
+        return await self.call(q)
+
+    async def run_status(self, run_id: str) -> str | None:
+        """The indexed status of a run (None when absent)."""
+        row = await self.call(
+            lambda c: c.execute("SELECT status FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        )
+        return str(row[0]) if row else None
+
+    async def active_runs(self, cursor: str | None, limit: int) -> list[str]:
+        """Non-final run ids after ``cursor`` (sorted)."""
+
+        def q(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT run_id FROM fc_runs WHERE status NOT IN (?, ?, ?, ?) AND run_id > ? "
+                "ORDER BY run_id LIMIT ?",
+                (*_FINAL, cursor or "", limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self.call(q)
+
+    async def put_result(self, run_id: str, result: Mapping[str, Any]) -> None:
+        """Store a run's published final result."""
+        text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+        await self.call(
+            lambda c: c.execute(
+                "INSERT INTO fc_results (run_id, result) VALUES (?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET result = excluded.result",
+                (run_id, text),
+            )
+        )
+
+    # -- coordination ----------------------------------------------------------------------------
+
+    async def coord(self, op: str, key: str, value: str = "", ttl: float = 0.0) -> Any:
+        """One coordination operation, atomically; expired keys count as absent."""
+
+        def q(c: sqlite3.Connection) -> Any:
+            now = time.time()
+            with self._tx(c):
+                row = c.execute(
+                    "SELECT value, expires_at FROM fc_coord WHERE key = ?", (key,)
+                ).fetchone()
+                live = row is not None and row[1] > now
+                cur = row[0] if live else None
+                if op == "get":
+                    return cur
+                if op == "delete":
+                    c.execute("DELETE FROM fc_coord WHERE key = ?", (key,))
+                    return None
+                if op == "cad":
+                    if live and cur == value:
+                        c.execute("DELETE FROM fc_coord WHERE key = ?", (key,))
+                        return True
+                    return False
+                if op == "extend":
+                    if not live:
+                        return False
+                    c.execute("UPDATE fc_coord SET expires_at = ? WHERE key = ?", (now + ttl, key))
+                    return True
+                if op == "setnx":
+                    if live:
+                        return False
+                    new = value
+                elif op == "incr":
+                    new = str(int(cur) + 1 if cur is not None else 1)
+                else:  # pragma: no cover
+                    raise ValueError(op)
+                c.execute(
+                    "INSERT INTO fc_coord (key, value, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                    "expires_at = excluded.expires_at",
+                    (key, new, now + ttl),
+                )
+                return True if op == "setnx" else int(new)
+
+        return await self.call(q)
+
+
+class SqliteCoordinationStore:
+    """CoordinationStore on a :class:`SqliteBackend` (shared by every process on the file)."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self.backend = backend
+
+    async def increment(self, key: str, ttl_seconds: float) -> int:
+        """See CoordinationStore."""
+        return int(await self.backend.coord("incr", key, ttl=ttl_seconds))
+
+    async def set_if_not_exist(self, key: str, value: str, ttl_seconds: float) -> bool:
+        """See CoordinationStore."""
+        return bool(await self.backend.coord("setnx", key, value, ttl_seconds))
+
+    async def extend_ttl(self, key: str, ttl_seconds: float) -> bool:
+        """See CoordinationStore."""
+        return bool(await self.backend.coord("extend", key, ttl=ttl_seconds))
+
+    async def delete(self, key: str) -> None:
+        """See CoordinationStore."""
+        await self.backend.coord("delete", key)
+
+    async def get(self, key: str) -> str | None:
+        """See CoordinationStore."""
+        v = await self.backend.coord("get", key)
+        return None if v is None else str(v)
+
+    async def compare_and_delete(self, key: str, value: str) -> bool:
+        """Delete ``key`` when it holds ``value`` (atomic)."""
+        return bool(await self.backend.coord("cad", key, value))
+
+
+class SqliteRunContext:
+    """A run's record in a :class:`SqliteBackend` (DistributedContext)."""
+
+    __slots__ = ("_b", "_run_id")
+
+    def __init__(self, backend: SqliteBackend, run_id: str) -> None:
+        self._b = backend
+        self._run_id = run_id
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """See AsyncContext."""
+        present, value = await self._b.get_key(self._run_id, key)
+        return value if present else default
+
+    async def set(self, key: str, value: Any) -> None:
+        """See AsyncContext."""
+        await self._b.commit(self._run_id, [PatchOperation("set", key, value)], None)
+
+    async def has(self, key: str) -> bool:
+        """See AsyncContext."""
+        return (await self._b.get_key(self._run_id, key))[0]
+
+    async def delete(self, key: str) -> bool:
+        """See AsyncContext."""
+        had = await self.has(key)
+        await self._b.commit(self._run_id, [PatchOperation("delete", key)], None)
+        return had
+
+    async def to_dict(self) -> dict[str, Any]:
+        """See AsyncContext."""
+        return (await self._b.load(self._run_id)).data
+
+    async def patch(self, ops: Iterable[PatchOperation]) -> None:
+        """See AsyncContext (atomic)."""
+        await self._b.commit(self._run_id, list(ops), None)
+
+    async def load(self) -> Snapshot:
+        """See DistributedContext."""
+        return await self._b.load(self._run_id)
+
+    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
+        """See DistributedContext."""
+        return await self._b.commit(self._run_id, ops, expected_version)
+
+
+class SqliteAdapter(BaseDistributedAdapter):
+    """A worker (or client) on a SQLite database file; run one per process."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        delayed_delivery=True,
+        multi_process=True,
+        redelivery_on_crash=True,
+        dead_letter=True,
+        extra={"bytes_counter": True},
+    )
+
+    def __init__(
+        self,
+        backend: SqliteBackend | str | Path,
+        *,
+        concurrency: int = 8,
+        poll_interval: float = 0.005,
+        max_poll_interval: float = 0.1,
+        visibility_timeout: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        self.backend = (
+            backend
+            if isinstance(backend, SqliteBackend)
+            else SqliteBackend(backend, visibility_timeout=visibility_timeout)
+        )
+        kwargs.setdefault("coordination_store", SqliteCoordinationStore(self.backend))
+        super().__init__(**kwargs)
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._current: dict[str, int] = {}
+        self.processed = 0
+
+    async def create_context(self, run_id: str) -> SqliteRunContext:
+        """See BaseDistributedAdapter."""
+        return SqliteRunContext(self.backend, run_id)
+
+    async def enqueue_job(
+        self, job: JobPayload, *, delay: float = 0.0, options: Mapping[str, Any] | None = None
+    ) -> None:
+        """See BaseDistributedAdapter."""
+        await self.backend.put(job.to_json(), delay)
+
+    async def publish_final_result(self, run_id: str, result: Mapping[str, Any]) -> None:
+        """See BaseDistributedAdapter: stored in ``fc_results``."""
+        await self.backend.put_result(run_id, result)
+
+    async def extend_job_lease(self, job: JobPayload) -> None:
+        """Keep the message invisible while the node runs."""
+        mid = self._current.get(job.job_id)
+        if mid is not None:
+            await self.backend.extend(mid, self.backend.visibility_timeout)
+
+    async def list_active_runs(
+        self, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        """See BaseDistributedAdapter (uses the ``fc_runs`` status index)."""
+        ids = await self.backend.active_runs(cursor, limit + 1)
+        page = ids[:limit]
+        return page, (page[-1] if len(ids) > limit else None)
+
+    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
+        """Poll the indexed status with backoff (SQLite cannot notify across processes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            st = await self.backend.run_status(run_id)
+            if st is None:
+                raise KeyError(f"no run {run_id!r}")
+            if st in _FINAL:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id!r} still {st} after {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    async def stop(self) -> None:
+        """Stop claiming jobs; jobs in progress finish first."""
+        self._stopping = True
+
+    async def process_jobs(self, handler: JobHandler) -> None:
+        """Claim and handle jobs until :meth:`stop`; up to ``concurrency`` at once."""
+        free = asyncio.Semaphore(self.concurrency)
+        idle = self.poll_interval
+        while not self.stopping:
+            await free.acquire()
+            slots = 1
+            while slots < self.concurrency and not free.locked():
+                await free.acquire()
+                slots += 1
+            try:
+                msgs = await self.backend.claim(slots)
+            except sqlite3.OperationalError as exc:
+                log.warning("claim failed (%s); retrying", exc)
+                msgs = []
+            for _ in range(slots - len(msgs)):
+                free.release()
+            if not msgs:
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, self.max_poll_interval)
+                continue
+            idle = self.poll_interval
+            for mid, body, _n in msgs:
+                t = asyncio.create_task(self._one(handler, mid, body))
+                self._tasks.add(t)
+
+                def done(t: asyncio.Task[Any]) -> None:
+                    self._tasks.discard(t)
+                    free.release()
+
+                t.add_done_callback(done)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _one(self, handler: JobHandler, mid: int, body: str) -> None:
+        try:
+            job = JobPayload.parse(body)
+        except InvalidJobError as exc:
+            log.error("dead-lettering message %s: %s", mid, exc)
+            await self.backend.dead_letter(mid, body, str(exc))
+            return
+        self._current[job.job_id] = mid
+        try:
+            await handler(job)
+        except RetryJob as exc:
+            await self.enqueue_job(exc.job, delay=exc.delay)
+            await self.backend.ack(mid)
+        except InvalidJobError as exc:
+            log.error("dead-lettering job %s: %s", job.job_id, exc)
+            await self.backend.dead_letter(mid, body, str(exc))
+        except asyncio.CancelledError:
+            if self.stopping:
+                raise
+            await self.backend.ack(mid)  # cancelled because its run was cancelled
+        except Exception:
+            log.exception("job %s failed; it will be redelivered", job.job_id)
+            await self.backend.nack(mid, delay=0.05)
+        else:
+            await self.backend.ack(mid)
+            self.processed += 1
+        finally:
+            self._current.pop(job.job_id, None)

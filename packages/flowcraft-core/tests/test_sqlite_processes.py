@@ -1,0 +1,131 @@
+"""SQLite backend with real worker processes killed by SIGKILL at every step of a node.
+
+A supervisor respawns dead workers (as systemd or Kubernetes would). The run must finish with
+exactly the result of an undisturbed run, and every node must be committed exactly once: each
+node appends its id to a context list, so a doubled commit would show as two entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import sqlite_proc_app as app
+from flowcraft.distributed.sqlite import SqliteAdapter
+
+EXPECTED_OUTPUTS = {"a": 1, "b": 2, "c": 2, "d": 5, "e": 6}
+
+
+def _env(tmp: Path, **kw: str) -> dict[str, str]:
+    env = {"FC_TEST_DIR": str(tmp)}
+    env.update(kw)
+    return env
+
+
+async def _supervised_run(tmp: Path, env: dict[str, str], workers: int = 2) -> tuple[Any, int]:
+    db = str(tmp / "fc.db")
+    SqliteAdapter(db).backend.close()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=app.worker_main, args=(db,)) for _ in range(workers)]
+    deaths = 0
+    try:
+        for p in procs:
+            p.start()
+        client = SqliteAdapter(
+            db, runtime_options={"registry": app.REGISTRY, "blueprints": [app.BLUEPRINT]}
+        )
+        rid = await client.start_run("killme", {})
+        deadline = time.monotonic() + 60
+        while True:
+            st = await client.status(rid)
+            if st.status in ("completed", "failed", "stalled", "cancelled"):
+                break
+            assert time.monotonic() < deadline, f"run stuck: {st}"
+            for i, p in enumerate(procs):
+                if not p.is_alive():
+                    deaths += 1
+                    procs[i] = ctx.Process(target=app.worker_main, args=(db,))
+                    procs[i].start()
+            await asyncio.sleep(0.05)
+        result = await client.get_result(rid)
+        client.backend.close()
+        return result, deaths
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(20)
+
+
+def _executions(tmp: Path) -> list[tuple[str, str]]:
+    lines = (tmp / "executions.log").read_text().splitlines()
+    return [(ln.split()[0], ln.split()[1]) for ln in lines]
+
+
+def _assert_exact(result: Any) -> None:
+    assert result.status == "completed"
+    assert result.node_statuses == dict.fromkeys("abcde", "completed")
+    assert result.outputs == EXPECTED_OUTPUTS
+    for n in "abcde":
+        assert result.context[f"trail.{n}"] == [n]  # committed exactly once
+
+
+@pytest.mark.slow
+async def test_undisturbed_run_gives_the_reference_result(tmp_path: Path) -> None:
+    result, deaths = await _supervised_run(tmp_path, _env(tmp_path))
+    _assert_exact(result)
+    assert deaths == 0
+    assert sorted(_executions(tmp_path)) == sorted(
+        [(n, "start") for n in "abcde"] + [(n, "end") for n in "abcde"]
+    )
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_node(tmp_path: Path) -> None:
+    result, deaths = await _supervised_run(tmp_path, _env(tmp_path, FC_KILL_IN_NODE="b"))
+    _assert_exact(result)
+    assert deaths == 1
+    ex = _executions(tmp_path)
+    assert ex.count(("b", "start")) == 2 and ex.count(("b", "end")) == 1
+    for n in "acde":
+        assert ex.count((n, "start")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("point", "node"),
+    [
+        ("after_receive", "d"),
+        ("after_execute", "c"),
+        ("before_commit", "c"),
+        ("after_commit", "c"),
+        ("between_enqueues", "a"),
+    ],
+)
+async def test_sigkill_at_step_point(tmp_path: Path, point: str, node: str) -> None:
+    env = _env(tmp_path, FC_KILL_AT_POINT=point, FC_KILL_POINT_NODE=node)
+    result, deaths = await _supervised_run(tmp_path, env)
+    _assert_exact(result)
+    assert deaths == 1
+    ex = _executions(tmp_path)
+    committed_before_kill = point in ("after_commit", "between_enqueues")
+    ran_before_kill = point != "after_receive"
+    expected_runs = 1 if committed_before_kill or not ran_before_kill else 2
+    assert ex.count((node, "end")) == expected_runs
