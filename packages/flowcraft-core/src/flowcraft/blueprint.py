@@ -232,7 +232,7 @@ def load_blueprint(
     if isinstance(raw, str | bytes):
         try:
             raw = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: too deep
             raise BlueprintValidationError(None, [f"not valid JSON: {exc}"]) from exc
     if not isinstance(raw, Mapping):
         raise BlueprintValidationError(

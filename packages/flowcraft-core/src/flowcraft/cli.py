@@ -78,6 +78,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+"""The typer application behind the ``flowcraft`` script."""
 
 
 def _usage_error(message: str) -> NoReturn:

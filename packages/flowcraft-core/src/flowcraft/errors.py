@@ -60,7 +60,7 @@ class NodeTimeoutError(NodeExecutionError, TimeoutError):
 
 
 class FatalNodeError(FlowcraftError):
-    """Raise from node code to fail the node at once, skipping remaining retries."""
+    """Raise from node code to fail the node at once: no further retries, no fallback."""
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         kwargs["is_fatal"] = True

@@ -124,8 +124,9 @@ async def run_class(
                 ctx, config, lambda: inst.exec(prep, ctx), first_attempt, last, on_retry, sleep
             )
         except Exception as exc:
-            if ctx.attempt < ctx.max_attempts and not is_fatal(exc):
-                raise  # a queue will retry; fallback only after the final attempt
+            if is_fatal(exc) or ctx.attempt < ctx.max_attempts:
+                raise  # fatal: no recovery; non-final: a queue will retry
+
             res = await inst.fallback(exc, ctx)
         return coerce_result(await inst.post(res, ctx), ctx.node_id)
     except Exception as exc:

@@ -428,8 +428,9 @@ class Kernel:
     ) -> list[Activation]:
         """``node_id`` failed for good (retries exhausted or fatal).
 
-        With a ``config.fallback`` the fallback node is activated with the failing node's input
-        and the error; otherwise the node is ``failed`` and the error recorded on the run.
+        With a ``config.fallback`` (and a non-fatal error) the fallback node is activated with
+        the failing node's input and the error; otherwise the node is ``failed`` and the error
+        is recorded on the run.
         """
         st = self.state
         ns = st.nodes[node_id]
@@ -437,7 +438,13 @@ class Kernel:
             return []
         ns.error = error
         fb = self.plan.nodes[node_id].config.fallback
-        if owner is None and allow_fallback and fb is not None and st.nodes[fb].status == "pending":
+        if (
+            owner is None
+            and allow_fallback
+            and fb is not None
+            and not error.get("isFatal")
+            and st.nodes[fb].status == "pending"
+        ):
             ns.status = "failed"
             st.nodes[fb].status = "queued"
             st.fallbacks[fb] = node_id

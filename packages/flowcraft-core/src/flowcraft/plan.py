@@ -124,12 +124,16 @@ def build_plan(bp: WorkflowBlueprint, evaluator: Evaluator) -> Plan:
     back = _back_edges(bp, list(starts), succ)
 
     specs: list[EdgeSpec] = []
+    keys: set[str] = set()
     for i, e in enumerate(bp.edges):
         where = f"edge {e.source!r} -> {e.target!r}"
+        # Parallel edges (same source, target and action) need distinct join bookkeeping keys.
+        key = e.key if e.key not in keys else f"{e.key}~{i}"
+        keys.add(key)
         specs.append(
             EdgeSpec(
                 index=i,
-                key=e.key,
+                key=key,
                 source=e.source,
                 target=e.target,
                 action=e.action,

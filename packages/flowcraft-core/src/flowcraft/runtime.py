@@ -398,6 +398,10 @@ class FlowRuntime:
             self.dependencies,
         )
         details = awaiting[node_id]
+        if self.timer_store is not None and details.get("reason") == "timer":
+            # Resumed by hand (or by the scheduler, which already claimed it): a stale timer
+            # would resume this snapshot again later and run the downstream nodes twice.
+            await self.timer_store.remove(st.execution_id, node_id)
         run.emit("workflow:resume", {"nodeId": node_id, "action": action})
         if details.get("reason") == "subflow":
             child = await self._resume_child(plan.nodes[node_id], details, output, action, reg)
