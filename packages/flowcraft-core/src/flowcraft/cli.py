@@ -317,11 +317,31 @@ def run(
     execution_id: Annotated[
         str | None, typer.Option("--execution-id", help="Execution id (default: a new uuid).")
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Run distributed on this backend (e.g. sqlite:flowcraft.db) instead of in "
+            "memory; `flowcraft worker` processes execute the nodes.",
+        ),
+    ] = None,
+    runs: Annotated[
+        int, typer.Option("--runs", min=1, help="With --backend: start this many runs.")
+    ] = 1,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="With --backend: seconds to wait for the result.")
+    ] = 300.0,
 ) -> None:
     """Run a blueprint; exit 0 completed, 2 awaiting, 1 failed/stalled/cancelled, 3 usage."""
     reg = _registry_or_exit(registry)
     initial = _parse_input(input_)
     bp = _load_blueprint_or_exit(blueprint)
+    if backend is not None:
+        from .cli_distributed import run_distributed
+
+        code = run_distributed(backend, bp, reg or {}, initial, runs, timeout, as_json)
+        raise typer.Exit(code)
 
     from .errors import BlueprintValidationError
     from .runtime import FlowRuntime, run_sync
@@ -462,6 +482,8 @@ def schema() -> None:
 
 def main() -> None:
     """Entry point of the ``flowcraft`` script."""
+    from . import cli_distributed  # noqa: F401  (registers `flowcraft worker`)
+
     app()
 
 
