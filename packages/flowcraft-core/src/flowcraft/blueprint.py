@@ -29,9 +29,12 @@ Backoff = Literal["fixed", "exponential"]
 
 
 class NodeConfig(BaseModel):
-    """Per-node execution policy: attempts, delays, timeout, fallback and join strategy."""
+    """Per-node execution policy: attempts, delays, timeout, fallback and join strategy.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    Strict types (``"3"`` is not a number here), matching the JSON Schema.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
     max_retries: int = Field(
         default=1, ge=1, alias="maxRetries", description="Total attempts, including the first."

@@ -551,6 +551,10 @@ class FlowRuntime:
                     state.batches[a.node_id].item_status[a.index] = "pending"
                 elif state.nodes[a.node_id].status == "queued":
                     state.nodes[a.node_id].status = "pending"
+                if a.kind == FALLBACK and a.owner is not None and a.error is not None:
+                    # The run stopped before this fallback could recover its owner.
+                    state.fallbacks.pop(a.node_id, None)
+                    state.errors.append(a.error)
 
     def _halted(self, run: _Run) -> bool:
         st = run.state
