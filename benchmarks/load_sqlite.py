@@ -85,9 +85,24 @@ def audit(db: str) -> dict[str, Any]:
             "SELECT COUNT(*) FROM fc_ctx WHERE key = '_outputs.join' AND value != ?",
             (str(2 * WIDTH),),
         ).fetchone()[0]
+        odd = conn.execute(
+            "SELECT run_id, version, status FROM fc_runs WHERE version != ? OR status != ? LIMIT 5",
+            (1 + NODES, "completed"),
+        ).fetchall()
+        examples = []
+        for run_id, version, status in odd:
+            nodes = dict(
+                conn.execute(
+                    "SELECT key, json_extract(value, '$.status') FROM fc_ctx "
+                    "WHERE run_id = ? AND key LIKE '\\_fc.node.%' ESCAPE '\\'",
+                    (run_id,),
+                ).fetchall()
+            )
+            examples.append({"run": run_id, "version": version, "status": status, "nodes": nodes})
     finally:
         conn.close()
     return {
+        "problem_examples": examples,
         "runs_by_status": by_status,
         "runs_with_wrong_commit_count": bad_versions,
         "output_keys": outputs,

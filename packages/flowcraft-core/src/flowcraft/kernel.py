@@ -235,22 +235,24 @@ class Kernel:
             decisions += self._decide(owner, plan.out_edges[owner], result)
         ns.status = "completed"
         ns.action = result.action
-        self.state.awaiting.pop(node_id, None)
+        if self.state.awaiting:
+            self.state.awaiting.pop(node_id, None)
         self._set(output_key(node_id), result.output)
         if owner is not None:
             self.state.nodes[owner].status = "recovered"
             self.state.fallbacks.pop(node_id, None)
             self._set(output_key(owner), result.output)
         acts: list[Activation] = []
-        node = plan.nodes[node_id]
-        if node.uses == LOOP_CONTROLLER and result.action == "continue":
+        if result.action == "continue" and plan.nodes[node_id].uses == LOOP_CONTROLLER:
             for e, taken, value in decisions:
                 if taken and e.is_back and e.action == "continue":
                     self._reenter(node_id, e.target, value, acts)
             return acts
-        work: list[tuple[EdgeSpec, bool, Any]] = [d for d in decisions if not d[0].is_back]
-        self._resolve(work, acts)
-        self._settle_fallback(owner or node_id, acts)
+        if decisions:
+            work = [d for d in decisions if not d[0].is_back] if plan.has_back_edges else decisions
+            self._resolve(work, acts)
+        if plan.has_fallbacks:
+            self._settle_fallback(owner or node_id, acts)
         return acts
 
     def _decide(
@@ -259,6 +261,13 @@ class Kernel:
         if not edges:
             return []
         action = result.action
+        if (
+            action is None
+            and self.plan.plain_out[source]
+            and len(edges) == len(self.plan.out_edges[source])
+        ):
+            out_value = result.output
+            return [(e, True, out_value) for e in edges]
         if action is not None:
             cands = [e for e in edges if e.action == action]
             if not cands:
@@ -329,6 +338,8 @@ class Kernel:
         st = self.state
         nodes = st.nodes
         resolved = st.edges
+        join_any = plan.join_any
+        fan_in = plan.fan_in_nodes
         work.reverse()
         while work:
             e, taken, value = work.pop()
@@ -347,12 +358,17 @@ class Kernel:
                     slot[e.source] = value
             if ts.status != "pending":
                 continue
-            if taken and plan.nodes[t].config.join_strategy == "any":
+            if taken and t in join_any:
                 st.inputs[t][EXPLICIT_INPUT] = value  # first arrival wins, also after reload
                 self._activate(t, value, acts)
             elif ts.unresolved <= 0:
                 if ts.taken:
-                    self._activate(t, self.input_for(t), acts)
+                    if taken and ts.taken == 1 and t not in fan_in:
+                        inp = value  # the common case: the one delivered value
+                    else:
+                        inp = self.input_for(t)
+                    ts.status = "queued"
+                    acts.append(Activation(t, inp, iteration=ts.iteration))
                 else:
                     self._skip(t, work, acts)
 

@@ -57,6 +57,9 @@ def coerce_result(value: Any, node_id: str) -> NodeResult:
     )
 
 
+_NODE_LOGGER = logging.getLogger("flowcraft.node")
+
+
 @dataclass(slots=True)
 class NodeContext:
     """Everything a node execution can see."""
@@ -74,7 +77,7 @@ class NodeContext:
     cancelled: asyncio.Event | None = None
     error: ErrorRecord | None = None
     """For a fallback node: the record of the failure it replaces."""
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("flowcraft.node"))
+    logger: logging.Logger = field(default_factory=lambda: _NODE_LOGGER)
 
     @property
     def idempotency_key(self) -> str:

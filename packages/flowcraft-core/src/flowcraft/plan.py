@@ -20,7 +20,7 @@ from .expressions import Evaluator
 Compiled = Callable[[Mapping[str, Any]], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity equality: fast `in` checks
 class EdgeSpec:
     """One edge with its compiled expressions and its role in the graph."""
 
@@ -54,6 +54,12 @@ class Plan:
     has_condition_or_transform: bool
     loop_conditions: dict[str, Compiled] = field(default_factory=dict)
     checked_registry: object = None  # the registry this plan was last validated against
+    has_fallbacks: bool = False
+    has_back_edges: bool = False
+    join_any: frozenset[str] = frozenset()
+    fan_in_nodes: frozenset[str] = frozenset()
+    plain_out: dict[str, bool] = field(default_factory=dict)
+    """Nodes whose out-edges carry no action, condition or transform (routing fast path)."""
 
     def fan_in(self, node_id: str) -> bool:
         """True when the node has two or more distinct forward predecessors."""
@@ -62,7 +68,8 @@ class Plan:
 
 def get_plan(bp: WorkflowBlueprint, evaluator: Evaluator) -> Plan:
     """The cached plan for ``bp`` compiled with ``evaluator`` (built on first use)."""
-    cached = bp._plan
+    private = bp.__pydantic_private__  # direct dict access: pydantic's __getattr__ is slow
+    cached = private.get("_plan") if private is not None else None
     if cached is not None and cached.blueprint is bp and cached.evaluator is evaluator:
         return cached  # type: ignore[no-any-return]
     plan = build_plan(bp, evaluator)
@@ -221,4 +228,14 @@ def build_plan(bp: WorkflowBlueprint, evaluator: Evaluator) -> Plan:
         needs_scope=needs_scope,
         has_condition_or_transform=any(needs_scope.values()),
         loop_conditions=loop_conditions,
+        has_fallbacks=bool(owners),
+        has_back_edges=any(sp.is_back for sp in specs),
+        join_any=frozenset(n.id for n in bp.nodes if n.config.join_strategy == "any"),
+        fan_in_nodes=frozenset(k for k, v in sources.items() if len(v) > 1),
+        plain_out={
+            k: all(
+                e.action is None and e.condition_fn is None and e.transform_fn is None for e in v
+            )
+            for k, v in out_t.items()
+        },
     )

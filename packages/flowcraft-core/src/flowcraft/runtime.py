@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 import uuid
@@ -44,7 +45,7 @@ from .executor import Sleep, run_class, run_function
 from .expressions import Evaluator, SafeEvaluator
 from .kernel import FALLBACK, ITEM, Activation, Kernel, Scope
 from .middleware import compose
-from .nodes import NodeContext, NodeImplementation, NodeResult, is_node_class
+from .nodes import NodeContext, NodeImplementation, NodeResult, coerce_result, is_node_class
 from .plan import Plan, get_plan
 from .serializer import JsonSerializer, Serializer
 from .state import DONE_NODE_STATUSES, NodeStatus, RunState, WorkflowStatus, output_key
@@ -55,6 +56,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowcraft.runtime")
 
 DEFAULT_CONCURRENCY = 32
+
+_ID_PREFIX = uuid.uuid4().hex[:20]
+_ID_COUNTER = itertools.count(1)
+
+
+def new_execution_id() -> str:
+    """A unique execution id: a random per-process prefix and a counter (no syscall per run)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):012d}"
+
+
 DEFAULT_MAX_ITERATIONS = 10_000
 
 
@@ -327,7 +338,7 @@ class FlowRuntime:
         plan, reg = self.prepare(blueprint, registry, strict=strict)
         bp = plan.blueprint
         state = RunState(
-            execution_id=execution_id or str(uuid.uuid4()),
+            execution_id=execution_id or new_execution_id(),
             blueprint_id=bp.id,
             blueprint_version=bp.version,
         )
@@ -521,14 +532,21 @@ class FlowRuntime:
                 w.set_result(None)
 
         while True:
-            while ready and len(running) < run.concurrency and not self._halted(run):
+            while (
+                ready
+                and len(running) < run.concurrency
+                and not (
+                    state.errors or run.cancel_requested or (run.stop_at and self._halted(run))
+                )
+            ):
                 act = ready.popleft()
                 kernel.on_started(act)
                 if not running and not ready:
                     # Sole piece of work: run inline, no task needed.
                     outcome = await self._execute(run, act)
                     ready.extend(self._apply(run, act, outcome))
-                    await run.flush()
+                    if run.pending:
+                        await run.flush()
                     continue
                 t = loop.create_task(self._execute(run, act))
                 running[t] = act
@@ -544,7 +562,8 @@ class FlowRuntime:
                 t = done.popleft()
                 act = running.pop(t)
                 ready.extend(self._apply(run, act, t.result()))
-            await run.flush()
+            if run.pending:
+                await run.flush()
         if ready:
             for a in ready:
                 if a.kind == ITEM:
@@ -687,6 +706,18 @@ class FlowRuntime:
     ) -> NodeResult:
         impl = run.registry[impl_key]
         nctx = self._node_context(run, act, node_id, node_input, config)
+        if (
+            config.max_retries == 1
+            and config.timeout is None
+            and not self.middleware
+            and run.attempt_window is None
+            and not isinstance(impl, type)
+        ):
+            # Fast path: a plain function node with nothing around it.
+            r = impl(nctx)
+            if inspect.isawaitable(r):
+                r = await r
+            return r if type(r) is NodeResult else coerce_result(r, node_id)
         on_retry = None
         if run.bus is not None:
 
@@ -720,8 +751,6 @@ class FlowRuntime:
                 )
 
         if self.middleware:
-            from .nodes import coerce_result
-
             r = await compose(self.middleware, call)(nctx)
             return coerce_result(r, node_id)
         return await call(nctx)
