@@ -3,12 +3,14 @@ at-least-once delivery and worker crashes.
 
 One job = one node execution. A worker:
 
-1. loads the run (user context + engine keys + version) in one read;
-2. drops the job when the run is final, the node is already done (after re-publishing the
+1. takes a lease on ``run:node:iteration`` (so two deliveries never execute the same node at
+   once; taken before reading the run, so no delivery can act on a read that predates another
+   delivery's commit) and extends it with a heartbeat while the node runs;
+2. loads the run (user context + engine keys + version) in one read;
+3. drops the job when the run is final (re-publishing the result if the worker that ended the
+   run died before publishing it), the node is already done (after re-publishing the
    successors it made ready, in case the previous delivery crashed before enqueueing them), or
    the job is for an older loop iteration;
-3. takes a lease on ``run:node:iteration`` (so two deliveries never execute the same node at
-   once) and extends it with a heartbeat while the node runs;
 4. runs the node with the same executor as the in-memory runtime, buffering its context writes;
 5. applies the outcome with the shared :class:`~flowcraft.kernel.Kernel` and commits the node's
    writes, its completion, every edge/join decision and the run status in ONE conditional write
@@ -18,8 +20,9 @@ One job = one node execution. A worker:
    releases the lease and lets the queue ack.
 
 A crash anywhere before step 5 leaves no trace (the job is redelivered when its queue lease
-expires); a crash after step 5 is repaired by the redelivery (step 2 re-publishes) or by
-:meth:`reconcile`, which only re-enqueues queued work that nobody holds a lease on.
+expires); a crash after step 5 is repaired by the redelivery (step 3 re-publishes) or by
+:meth:`reconcile`, which only re-enqueues queued work that nobody holds a lease on. A run that
+became final stops its running nodes at their next heartbeat (their outcome would be dropped).
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ class BaseDistributedAdapter(ABC):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities()
+    final_marker_ttl: ClassVar[float] = 7 * 24 * 3600.0
+    """How long the "result published" marker of a final run is kept (seconds); a job of the
+    run arriving later than this re-publishes the result once more."""
 
     def __init__(
         self,
@@ -380,7 +386,7 @@ class BaseDistributedAdapter(ABC):
             new = sk.encode(st, {**rec, "updatedAt": time.time()})
             if await ctx.commit(sk.diff(old, new), snap.version):
                 break
-        await self._publish(run_id, ctx)
+        await self._finalize(ctx, st, rec)
         return True
 
     # -- the worker side -------------------------------------------------------------------------
@@ -396,43 +402,81 @@ class BaseDistributedAdapter(ABC):
         t0 = time.perf_counter()
         await self.on_job_start(job)
         await self._fault("after_receive", job)
+        if job.kind == "timer":
+            await self._process(job, None)
+            return
+        # Take the node's lease BEFORE reading the run: a delivery that read the run before
+        # another delivery's commit could otherwise execute the node a second time.
+        lease_key = self._lease_key(job.run_id, job.node_id, job.iteration)
+        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        if not await self.coordination.set_if_not_exist(lease_key, token, self.lease_seconds):
+            # Someone is executing this node right now; look again after their lease.
+            raise RetryJob(
+                job.model_copy(update={"requeues": job.requeues + 1}),
+                self.lease_seconds / 2,
+                "node is leased by another worker",
+            )
+        crashed = False
+        try:
+            ran = await self._process(job, lease_key)
+        except SimulatedCrash:
+            crashed = True  # a dead process releases nothing: the lease must expire
+            raise
+        finally:
+            if not crashed:
+                await delete_if_equals(self.coordination, lease_key, token)
+        if ran:
+            await self._emit(
+                "job:processed",
+                {
+                    "runId": job.run_id,
+                    "blueprintId": job.blueprint_id,
+                    "nodeId": job.node_id,
+                    "duration": time.perf_counter() - t0,
+                    "success": True,
+                },
+            )
+
+    @staticmethod
+    def _lease_key(run_id: str, job_node_id: str, iteration: int) -> str:
+        return f"flowcraft:lease:{run_id}:{job_node_id}:{iteration}"
+
+    async def _process(self, job: JobPayload, lease_key: str | None) -> bool:
+        """Load the run and act on ``job``; True when a node was executed."""
         ctx = await self.create_context(job.run_id)
         snap = await ctx.load()
         dec = sk.decode(snap.data)
         if dec is None:
             raise InvalidJobError(f"job for unknown run {job.run_id!r}")
-        state, _rec = dec
+        state, rec = dec
         if state.status in FINAL_STATUSES:
-            return
+            await self._ensure_finalized(ctx, state, rec, job)
+            return False
+        if job.blueprint_id != state.blueprint_id:
+            raise InvalidJobError(
+                f"job names blueprint {job.blueprint_id!r} but run {job.run_id!r} is of "
+                f"blueprint {state.blueprint_id!r}"
+            )
         bp = self._blueprint(job.blueprint_id)
         if bp is None or bp.version != state.blueprint_version:
             await self._wrong_version(ctx, job, bp, state)
-            return
+            return False
         plan, _ = self.runtime.prepare(bp)
         if job.kind == "timer":
             await self._timer(ctx, snap, plan, state, job)
-            return
+            return False
         base, index = _split_job_node(job.node_id)
         ns = state.nodes.get(base)
         if ns is None:
             raise InvalidJobError(f"job for unknown node {job.node_id!r} of {bp.id!r}")
         if job.iteration != ns.iteration:
-            return  # a job of a finished loop iteration
+            return False  # a job of a finished loop iteration
         act = self._activation(plan, state, base, index)
-        if act is None:
+        if act is None or lease_key is None:
             await self._republish(plan, state, base)
-            return
-        await self._run_job(ctx, snap, plan, state, job, act)
-        await self._emit(
-            "job:processed",
-            {
-                "runId": job.run_id,
-                "blueprintId": job.blueprint_id,
-                "nodeId": job.node_id,
-                "duration": time.perf_counter() - t0,
-                "success": True,
-            },
-        )
+            return False
+        await self._run_job(ctx, snap, plan, state, job, act, lease_key)
+        return True
 
     def _activation(
         self, plan: Plan, state: RunState, node_id: str, index: int
@@ -468,16 +512,9 @@ class BaseDistributedAdapter(ABC):
         state: RunState,
         job: JobPayload,
         act: Activation,
+        lease_key: str,
     ) -> None:
-        lease_key = f"flowcraft:lease:{job.run_id}:{job.node_id}:{job.iteration}"
-        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
-        if not await self.coordination.set_if_not_exist(lease_key, token, self.lease_seconds):
-            # Someone is executing this node right now; look again after their lease.
-            raise RetryJob(
-                job.model_copy(update={"requeues": job.requeues + 1}),
-                self.lease_seconds / 2,
-                "node is leased by another worker",
-            )
+        """Execute ``act`` under the lease ``lease_key`` (held by the caller) and commit."""
         node = plan.nodes[act.node_id]
         queue_mode = not self.should_retry_in_process(node)
         rt = self.runtime
@@ -495,7 +532,6 @@ class BaseDistributedAdapter(ABC):
             run.attempt_window = (job.attempt, job.attempt)
         task = asyncio.current_task()
         beat = asyncio.create_task(self._heartbeat(ctx, job, lease_key, task))
-        crashed = False
         try:
             await self._fault("before_execute", job)
             run.kernel.on_started(act)
@@ -526,13 +562,8 @@ class BaseDistributedAdapter(ABC):
             if outcome[0] != _ERR:
                 outcome, deltas = self._check_values(act, outcome, deltas, run)
             await self._commit_outcome(ctx, snap, plan, act, outcome, deltas, job)
-        except SimulatedCrash:
-            crashed = True  # a dead process releases nothing: the lease must expire
-            raise
         finally:
             beat.cancel()
-            if not crashed:
-                await delete_if_equals(self.coordination, lease_key, token)
 
     def _check_values(
         self,
@@ -574,7 +605,9 @@ class BaseDistributedAdapter(ABC):
                 await self.coordination.extend_ttl(lease_key, self.lease_seconds)
                 await self.extend_job_lease(job)
                 rec = await ctx.get(sk.RUN_KEY)
-                if isinstance(rec, Mapping) and rec.get("status") == "cancelled" and task:
+                # A final run (cancelled, or failed by another branch: A5) discards this
+                # node's outcome anyway, so stop the node now.
+                if isinstance(rec, Mapping) and rec.get("status") in FINAL_STATUSES and task:
                     task.cancel()
                     return
             except Exception:
@@ -589,16 +622,25 @@ class BaseDistributedAdapter(ABC):
         outcome: tuple[int, Any],
         deltas: Mapping[str, PatchOperation],
         job: JobPayload | None,
+        *,
+        child: bool = False,
     ) -> None:
-        """Apply ``outcome`` with the kernel and commit it atomically (CAS with reload)."""
+        """Apply ``outcome`` with the kernel and commit it atomically (CAS with reload).
+
+        ``child``: the outcome of a subflow node's child run, which may arrive before the
+        parent's own job committed the node as awaiting the child."""
         rt = self.runtime
         for _ in range(_MAX_CAS):
             dec = sk.decode(snap.data)
             if dec is None:
                 return
             state, rec = dec
-            if state.status in FINAL_STATUSES or not self._still_expected(state, act, outcome):
+            if state.status in FINAL_STATUSES or not self._still_expected(
+                state, act, outcome, child
+            ):
                 return  # another delivery committed it first: exactly-once commit
+            if child:
+                state.awaiting.pop(act.node_id, None)
             data = sk.user_context(snap.data)
             apply_ops(data, deltas.values())
             kernel = Kernel(plan, state, data, collect_ops=True)
@@ -625,10 +667,14 @@ class BaseDistributedAdapter(ABC):
             snap = await ctx.load()
         raise FlowcraftError(f"could not commit node {act.node_id!r}: too much contention")
 
-    def _still_expected(self, state: RunState, act: Activation, outcome: tuple[int, Any]) -> bool:
+    def _still_expected(
+        self, state: RunState, act: Activation, outcome: tuple[int, Any], child: bool = False
+    ) -> bool:
         ns = state.nodes.get(act.node_id)
         if ns is None or ns.iteration != act.iteration:
             return False
+        if child:
+            return ns.status in ("queued", "running", "awaiting")
         if outcome[0] == _OUTCOME_RESUME:
             return ns.status == "awaiting"
         if act.kind == ITEM:
@@ -780,17 +826,50 @@ class BaseDistributedAdapter(ABC):
             st.errors.append(
                 ErrorRecord(message=reason, name="FlowcraftError", execution_id=run_id).to_wire()
             )
-            if await ctx.commit(sk.diff(old, sk.encode(st, rec)), snap.version):
+            new = sk.encode(st, {**rec, "updatedAt": time.time()})
+            if await ctx.commit(sk.diff(old, new), snap.version):
                 await self._finalize(ctx, st, rec)
                 return
 
     async def _finalize(
         self, ctx: DistributedContext, state: RunState, rec: Mapping[str, Any]
     ) -> None:
+        """Publish a final run, tell its parent run (a subflow), then mark it finalized (in
+        the coordination store: the run record keeps one commit per node)."""
         await self._publish(state.execution_id, ctx)
         parent = rec.get("parent")
         if isinstance(parent, Mapping):
             await self._child_finished(parent, state.execution_id)
+        await self.coordination.set_if_not_exist(
+            self._final_key(state.execution_id), self.worker_id, self.final_marker_ttl
+        )
+
+    @staticmethod
+    def _final_key(run_id: str) -> str:
+        return f"flowcraft:finalized:{run_id}"
+
+    async def _ensure_finalized(
+        self,
+        ctx: DistributedContext,
+        state: RunState,
+        rec: Mapping[str, Any],
+        job: JobPayload | None,
+    ) -> None:
+        """Repair a final run whose finalizing worker died between its final commit and the
+        publish: once a lease's time has passed since that commit, finalize it here (a job
+        seeing it earlier asks to be redelivered then; ``reconcile`` just leaves it)."""
+        if await self.coordination.get(self._final_key(state.execution_id)) is not None:
+            return
+        age = time.time() - float(rec.get("updatedAt") or 0.0)
+        if age < self.lease_seconds:
+            if job is not None:
+                raise RetryJob(
+                    job.model_copy(update={"requeues": job.requeues + 1}),
+                    self.lease_seconds - age + 0.01,
+                    "run is final; its result may still be being published",
+                )
+            return
+        await self._finalize(ctx, state, rec)
 
     async def _publish(self, run_id: str, ctx: DistributedContext) -> None:
         res = await self.get_result(run_id)
@@ -859,7 +938,7 @@ class BaseDistributedAdapter(ABC):
             out = self.runtime._subflow_output(tmp, node, child)
             outcome = (_OUTCOME_RESUME, NodeResult(out))
             deltas = tmp.deltas
-        await self._commit_outcome(pctx, snap, plan, act, outcome, deltas, None)
+        await self._commit_outcome(pctx, snap, plan, act, outcome, deltas, None, child=True)
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -875,8 +954,9 @@ class BaseDistributedAdapter(ABC):
         dec = sk.decode(snap.data)
         if dec is None:
             return []
-        st, _ = dec
+        st, rec = dec
         if st.status in FINAL_STATUSES:
+            await self._ensure_finalized(ctx, st, rec, None)
             return []
         bp = self._blueprint(st.blueprint_id)
         if bp is None:
@@ -899,7 +979,7 @@ class BaseDistributedAdapter(ABC):
                 await self._schedule_timer(plan, st, nid)  # an overdue timer job was lost
         lost = []
         for a in acts:
-            key = f"flowcraft:lease:{run_id}:{a.job_node_id}:{a.iteration}"
+            key = self._lease_key(run_id, a.job_node_id, a.iteration)
             if await self.coordination.get(key) is None:
                 lost.append(a)
         await self._enqueue_activations(plan, st, lost)

@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,6 +22,10 @@ from .contracts import Capabilities, InvalidJobError, JobPayload, Snapshot
 from .statekeys import RUN_KEY
 
 log = logging.getLogger("flowcraft.memory")
+
+# The message being handled by the current job task (inherited by its heartbeat task), so two
+# deliveries of the same job on one worker each extend their own message.
+_CURRENT_MESSAGE: ContextVar[_Message | None] = ContextVar("flowcraft_memory_message", default=None)
 
 
 class InMemoryCoordinationStore:
@@ -257,7 +262,10 @@ class InMemoryAdapter(BaseDistributedAdapter):
     """A worker of the in-memory backend. Create several on one broker to get several workers."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        delayed_delivery=True, redelivery_on_crash=True, dead_letter=True
+        delayed_delivery=True,
+        redelivery_on_crash=True,
+        dead_letter=True,
+        extra={"bytes_counter": True},  # MemoryBroker.commits / .bytes_written
     )
 
     def __init__(
@@ -275,7 +283,6 @@ class InMemoryAdapter(BaseDistributedAdapter):
         self.poll_timeout = poll_timeout
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._current: dict[str, _Message] = {}
 
     async def create_context(self, run_id: str) -> MemoryRunContext:
         """See BaseDistributedAdapter."""
@@ -305,7 +312,7 @@ class InMemoryAdapter(BaseDistributedAdapter):
 
     async def extend_job_lease(self, job: JobPayload) -> None:
         """Keep the message invisible while the node runs."""
-        m = self._current.get(job.job_id)
+        m = _CURRENT_MESSAGE.get()
         if m is not None:
             self.broker.extend(m.id, self.broker.visibility_timeout)
 
@@ -343,6 +350,9 @@ class InMemoryAdapter(BaseDistributedAdapter):
             def done(t: asyncio.Task[Any]) -> None:
                 self._tasks.discard(t)
                 sem.release()
+                if not t.cancelled() and t.exception() is not None:
+                    # e.g. SimulatedCrash: the job died unacked; it is redelivered later.
+                    log.warning("job task died: %r", t.exception())
 
             t.add_done_callback(done)
         if self._tasks:
@@ -356,7 +366,7 @@ class InMemoryAdapter(BaseDistributedAdapter):
             self.broker.dead_letters.append((m.body, str(exc)))
             self.broker.ack(m)
             return
-        self._current[job.job_id] = m
+        _CURRENT_MESSAGE.set(m)
         try:
             await handler(job)
         except RetryJob as exc:
@@ -375,8 +385,6 @@ class InMemoryAdapter(BaseDistributedAdapter):
             await self.broker.nack(m, delay=0.05)
         else:
             self.broker.ack(m)
-        finally:
-            self._current.pop(job.job_id, None)
 
     @property
     def stopping(self) -> bool:

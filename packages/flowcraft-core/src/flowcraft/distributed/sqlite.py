@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -34,6 +35,9 @@ log = logging.getLogger("flowcraft.sqlite")
 T = TypeVar("T")
 
 _FINAL = ("completed", "failed", "stalled", "cancelled")
+# The queue message handled by the current job task (its heartbeat task inherits it), so two
+# deliveries of one job on one worker each extend their own message.
+_CURRENT_MESSAGE: ContextVar[int | None] = ContextVar("flowcraft_sqlite_message", default=None)
 _SET_AVAILABLE = "UPDATE fc_jobs SET available_at = ? WHERE id = ?"
 _VERSION = "SELECT version FROM fc_runs WHERE run_id = ?"
 
@@ -104,10 +108,21 @@ class SqliteBackend:
             conn = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-            conn.executescript(SCHEMA)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Switching to WAL and creating the schema take locks that the busy handler does
+            # not always wait for when several processes open a new file at once: retry.
+            deadline = time.monotonic() + self._busy_timeout
+            while True:
+                try:
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode=WAL")
+                    conn.executescript(SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.005)
             self._conn = conn
         return self._conn
 
@@ -506,7 +521,6 @@ class SqliteAdapter(BaseDistributedAdapter):
         self.max_poll_interval = max_poll_interval
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._current: dict[str, int] = {}
         self.processed = 0
 
     async def create_context(self, run_id: str) -> SqliteRunContext:
@@ -525,7 +539,7 @@ class SqliteAdapter(BaseDistributedAdapter):
 
     async def extend_job_lease(self, job: JobPayload) -> None:
         """Keep the message invisible while the node runs."""
-        mid = self._current.get(job.job_id)
+        mid = _CURRENT_MESSAGE.get()
         if mid is not None:
             await self.backend.extend(mid, self.backend.visibility_timeout)
 
@@ -590,6 +604,9 @@ class SqliteAdapter(BaseDistributedAdapter):
                 def done(t: asyncio.Task[Any]) -> None:
                     self._tasks.discard(t)
                     free.release()
+                    if not t.cancelled() and t.exception() is not None:
+                        # e.g. SimulatedCrash: the job died unacked; it is redelivered later.
+                        log.warning("job task died: %r", t.exception())
 
                 t.add_done_callback(done)
         if self._tasks:
@@ -602,7 +619,7 @@ class SqliteAdapter(BaseDistributedAdapter):
             log.error("dead-lettering message %s: %s", mid, exc)
             await self.backend.dead_letter(mid, body, str(exc))
             return
-        self._current[job.job_id] = mid
+        _CURRENT_MESSAGE.set(mid)
         try:
             await handler(job)
         except RetryJob as exc:
@@ -621,5 +638,3 @@ class SqliteAdapter(BaseDistributedAdapter):
         else:
             await self.backend.ack(mid)
             self.processed += 1
-        finally:
-            self._current.pop(job.job_id, None)
