@@ -17,9 +17,9 @@ import order_pipeline  # noqa: E402
 def test_exported_blueprint_matches_the_builder() -> None:
     exported = load_blueprint(ROOT / "examples" / "order_pipeline.json")
     assert exported == order_pipeline.build_flow().to_blueprint()
-    assert set(order_pipeline.REGISTRY) == {
-        n.uses for n in exported.nodes if ":" in n.uses
-    } | {"order_pipeline:price_item"}
+    assert set(order_pipeline.REGISTRY) == {n.uses for n in exported.nodes if ":" in n.uses} | {
+        "order_pipeline:price_item"
+    }
 
 
 async def test_order_pipeline_in_memory_exact_result() -> None:
