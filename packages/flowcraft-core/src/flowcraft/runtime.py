@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .analysis import find_cycles, terminal_node_ids
 from .blueprint import NodeConfig, NodeDefinition, WorkflowBlueprint, load_blueprint
@@ -135,6 +135,24 @@ class WorkflowResult:
 _OK, _ERR, _AWAIT, _SCATTER = 0, 1, 2, 3
 
 
+@dataclass(slots=True)
+class ServedOutcome:
+    """A recorded outcome used in place of running a node (:func:`flowcraft.replay.replay_from`).
+
+    ``kind`` ``finish`` (``value`` is a :class:`NodeResult`), ``error`` (an error record dict),
+    ``awaiting`` (the awaiting details) or ``input`` (the node does run, with ``value`` as its
+    input). ``writes`` are ``(op, key, value)`` context changes re-applied before the outcome.
+    """
+
+    kind: Literal["finish", "error", "awaiting", "input"]
+    value: Any = None
+    writes: list[tuple[str, str, Any]] = field(default_factory=list)
+
+
+Serve = Callable[[Activation], ServedOutcome | None]
+"""Hook asked before each activation executes; None means "execute it normally"."""
+
+
 class _Run:
     """Mutable per-run bookkeeping for the in-memory driver."""
 
@@ -153,8 +171,10 @@ class _Run:
         "plan",
         "registry",
         "running",
+        "serve",
         "state",
         "stop_at",
+        "via",
     )
 
     def __init__(
@@ -185,6 +205,10 @@ class _Run:
         self.deltas: dict[str, PatchOperation] | None = None
         # Distributed queue-retry mode: run exactly these attempts (first, last).
         self.attempt_window: tuple[int, int] | None = None
+        # replay_from: recorded outcomes served instead of executing nodes.
+        self.serve: Serve | None = None
+        # Built-in node id -> the executions that activated it (NodeContext.predecessors).
+        self.via: dict[str, tuple[str, ...]] = {}
 
     def write(self, key: str, value: Any, source: str) -> None:
         """A context write made by the engine on behalf of node ``source``."""
@@ -328,12 +352,15 @@ class FlowRuntime:
         execution_id: str | None = None,
         stop_at: Iterable[str] = (),
         start_input: Any = None,
+        serve: Serve | None = None,
     ) -> WorkflowResult:
         """Run ``blueprint`` from its start nodes with ``initial`` as the context.
 
         Returns when no work is left: ``completed``, ``failed``, ``awaiting`` (a wait, sleep or
         subflow is pending; continue with :meth:`resume`), ``stalled`` (``stop_at`` reached or
         work left that can never become ready) or ``cancelled`` (:meth:`cancel` or ``signal``).
+        ``serve`` is the hook :func:`flowcraft.replay.replay_from` uses to take outcomes from
+        a recorded run instead of executing nodes.
         """
         plan, reg = self.prepare(blueprint, registry, strict=strict)
         bp = plan.blueprint
@@ -352,7 +379,11 @@ class FlowRuntime:
             self.dependencies,
         )
         run.stop_at = frozenset(stop_at)
-        run.emit("workflow:start", {"blueprintId": bp.id})
+        run.serve = serve
+        start: dict[str, Any] = {"blueprintId": bp.id}
+        if initial and run.bus is not None:
+            start["initialContext"] = dict(initial)  # lets history replay rebuild the context
+        run.emit("workflow:start", start)
         acts = run.kernel.start()
         if start_input is not None:
             for a in acts:
@@ -618,12 +649,15 @@ class FlowRuntime:
         plan = run.plan
         node = plan.nodes[act.node_id]
         node_id = act.job_node_id
+        served = run.serve(act) if run.serve is not None else None
         try:
             node_input = (
                 act.input
                 if node.inputs is None or act.kind == ITEM
                 else self._resolve_inputs(node, run.ctx.data)
             )
+            if served is not None and served.kind == "input":
+                node_input, served = served.value, None
             if act.kind == ITEM:
                 bs = run.state.batches[act.node_id]
                 impl_key = bs.worker
@@ -634,7 +668,10 @@ class FlowRuntime:
             em = run.bus is not None
             if em:
                 run.emit("node:start", {"nodeId": node_id, "input": node_input})
-            if act.kind != ITEM and impl_key in BUILTIN_NODE_TYPES:
+            if served is not None:
+                outcome = self._served(run, node_id, served)
+            elif act.kind != ITEM and impl_key in BUILTIN_NODE_TYPES:
+                run.via[node_id] = self._sources(run, act)
                 outcome = await self._builtin(run, act, node, node_input)
             else:
                 res = await self._user(run, act, node_id, impl_key, config, node_input)
@@ -693,7 +730,53 @@ class FlowRuntime:
             error=ErrorRecord.model_validate(act.error)
             if act.kind == FALLBACK and act.error
             else None,
+            uses=run.state.batches[act.node_id].worker if act.kind == ITEM else node.uses,
+            _predecessors=lambda: self._sources(run, act),
         )
+
+    def _sources(self, run: _Run, act: Activation) -> tuple[str, ...]:
+        """The executions whose completion activated ``act`` (see NodeContext.predecessors)."""
+        if act.kind == ITEM:
+            return run.via.get(act.node_id) or self._expand(run, (act.node_id,), set())
+        if act.kind == FALLBACK:
+            direct: tuple[str, ...] = (act.owner,) if act.owner else ()
+        elif act.sources:
+            direct = act.sources
+        else:
+            direct = tuple(k for k in run.state.inputs.get(act.node_id, ()) if k)
+        return self._expand(run, direct, set())
+
+    def _expand(self, run: _Run, direct: Iterable[str], seen: set[str]) -> tuple[str, ...]:
+        out: list[str] = []
+        nodes = run.plan.nodes
+        for p in direct:
+            n = nodes.get(p)
+            if n is None or n.uses not in BUILTIN_NODE_TYPES:
+                out.append(p)
+            elif n.uses == BATCH_SCATTER and p in run.state.batches:
+                out.extend(f"{p}[{i}]" for i in range(len(run.state.batches[p].items)))
+            elif p in run.via:
+                out.extend(run.via[p])
+            elif p not in seen:  # a built-in that ran in an earlier leg: use its delivery slot
+                seen.add(p)
+                slot = run.state.inputs.get(p, ())
+                out.extend(self._expand(run, [k for k in slot if k], seen))
+        return tuple(dict.fromkeys(out))
+
+    def _served(self, run: _Run, node_id: str, served: ServedOutcome) -> tuple[int, Any]:
+        """Apply a recorded outcome's context writes and return it as this execution's."""
+        for op, key, value in served.writes:
+            if op == "set":
+                run.write(key, value, node_id)
+            else:
+                run.ctx.data.pop(key, None)
+                run.emit("context:change", {"sourceNode": node_id, "key": key, "op": "delete"})
+        if served.kind == "finish":
+            return (_OK, served.value)
+        if served.kind == "awaiting":
+            return (_AWAIT, served.value)
+        run.emit("node:error", {"nodeId": node_id, "error": served.value})
+        return (_ERR, served.value)
 
     async def _user(
         self,
@@ -819,9 +902,11 @@ class FlowRuntime:
             return NodeResult(node_input, "continue")
         return NodeResult(node_input, "break")
 
-    async def _subflow(
-        self, run: _Run, act: Activation, node: NodeDefinition, node_input: Any
-    ) -> tuple[int, Any]:
+    def _subflow_start(
+        self, run: _Run, node: NodeDefinition, node_input: Any
+    ) -> tuple[str, dict[str, Any], Any]:
+        """Validate a subflow node; returns the child blueprint id, the child's initial context
+        (``params.inputs``: child key -> parent reference) and its start nodes' input."""
         child_id = node.params.get("blueprintId")
         if not isinstance(child_id, str) or not child_id:
             raise FatalNodeError(
@@ -832,12 +917,15 @@ class FlowRuntime:
                 f"subflow node {node.id!r}: unknown blueprint {child_id!r}", node_id=node.id
             )
         mapping = node.params.get("inputs")
-        initial: dict[str, Any] = {}
-        start_input = node_input
         if isinstance(mapping, Mapping):
-            for ck, pk in mapping.items():
-                initial[ck] = resolve_input_ref(pk, run.ctx.data)
-            start_input = None
+            initial = {ck: resolve_input_ref(pk, run.ctx.data) for ck, pk in mapping.items()}
+            return child_id, initial, None
+        return child_id, {}, node_input
+
+    async def _subflow(
+        self, run: _Run, act: Activation, node: NodeDefinition, node_input: Any
+    ) -> tuple[int, Any]:
+        child_id, initial, start_input = self._subflow_start(run, node, node_input)
         child = await self.run(
             self.blueprints[child_id],
             initial,
@@ -896,9 +984,12 @@ class FlowRuntime:
                 node_id=node.id,
                 execution_id=run.state.execution_id,
             ).to_wire()
+            run.emit("node:error", {"nodeId": node.id, "error": rec})
             return run.kernel.on_failed(node.id, rec, None)
         out = self._subflow_output(run, node, child)
-        return run.kernel.on_complete(node.id, NodeResult(out, action))
+        res = NodeResult(out, action)
+        run.emit("node:finish", {"nodeId": node.id, "result": res.to_wire()})
+        return run.kernel.on_complete(node.id, res)
 
     # -- finishing ---------------------------------------------------------------------------
 

@@ -283,13 +283,17 @@ class BaseDistributedAdapter(ABC):
         await self._enqueue_activations(plan, state, acts)
         return run_id
 
-    async def status(self, run_id: str) -> RunStatus:
-        """The run's current status (KeyError when there is no such run)."""
+    async def _load_run(self, run_id: str) -> tuple[Snapshot, RunState, dict[str, Any]]:
+        """The run's snapshot, decoded state and run record; KeyError when there is no run."""
         snap = await (await self.create_context(run_id)).load()
         dec = sk.decode(snap.data)
         if dec is None:
             raise KeyError(f"no run {run_id!r}")
-        st, rec = dec
+        return snap, dec[0], dec[1]
+
+    async def status(self, run_id: str) -> RunStatus:
+        """The run's current status (KeyError when there is no such run)."""
+        _, st, rec = await self._load_run(run_id)
         return RunStatus(
             run_id=run_id,
             blueprint_id=st.blueprint_id,
@@ -308,11 +312,7 @@ class BaseDistributedAdapter(ABC):
 
     async def get_result(self, run_id: str) -> WorkflowResult:
         """The run as a :class:`WorkflowResult` (whatever its status)."""
-        snap = await (await self.create_context(run_id)).load()
-        dec = sk.decode(snap.data)
-        if dec is None:
-            raise KeyError(f"no run {run_id!r}")
-        st, _ = dec
+        snap, st, _ = await self._load_run(run_id)
         return WorkflowResult(
             execution_id=run_id,
             blueprint_id=st.blueprint_id,
@@ -880,23 +880,8 @@ class BaseDistributedAdapter(ABC):
     async def _start_child(
         self, run: _Run, act: Activation, node: NodeDefinition, node_input: Any
     ) -> tuple[int, Any]:
-        child_bp = node.params.get("blueprintId")
-        if not isinstance(child_bp, str) or self._blueprint(child_bp) is None:
-            raise FlowcraftError(
-                f"subflow node {node.id!r}: unknown blueprint {child_bp!r}",
-                node_id=node.id,
-                is_fatal=True,
-            )
+        child_bp, initial, start_input = self.runtime._subflow_start(run, node, node_input)
         child_id = f"{run.state.execution_id}/{node.id}@{act.iteration}"
-        mapping = node.params.get("inputs")
-        initial: dict[str, Any] = {}
-        start_input = node_input
-        if isinstance(mapping, Mapping):
-            from ..runtime import resolve_input_ref
-
-            for ck, pk in mapping.items():
-                initial[ck] = resolve_input_ref(pk, run.ctx.data)
-            start_input = None
         parent = {"runId": run.state.execution_id, "nodeId": node.id, "iteration": act.iteration}
         try:
             await self.start_run(
