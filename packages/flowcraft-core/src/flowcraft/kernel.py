@@ -60,6 +60,9 @@ class Activation:
     error: dict[str, Any] | None = None
     index: int = -1
     iteration: int = 0
+    sources: tuple[str, ...] = ()
+    """Set when the delivery slot does not tell who activated the node: the any-join winner,
+    or the loop controller that re-entered its body."""
 
     @property
     def job_node_id(self) -> str:
@@ -317,10 +320,10 @@ class Kernel:
             out.append((e, taken, value))
         return out
 
-    def _activate(self, node_id: str, value: Any, acts: list[Activation]) -> None:
+    def _activate(self, node_id: str, value: Any, acts: list[Activation], source: str) -> None:
         ns = self.state.nodes[node_id]
         ns.status = "queued"
-        acts.append(Activation(node_id, value, iteration=ns.iteration))
+        acts.append(Activation(node_id, value, iteration=ns.iteration, sources=(source,)))
 
     def input_for(self, node_id: str) -> Any:
         """The delivered input of a ready node (a dict by predecessor for fan-in nodes)."""
@@ -360,7 +363,7 @@ class Kernel:
                 continue
             if taken and t in join_any:
                 st.inputs[t][EXPLICIT_INPUT] = value  # first arrival wins, also after reload
-                self._activate(t, value, acts)
+                self._activate(t, value, acts, e.source)
             elif ts.unresolved <= 0:
                 if ts.taken:
                     if taken and ts.taken == 1 and t not in fan_in:
@@ -431,7 +434,7 @@ class Kernel:
             ns.unresolved = sum(1 for e in ins if e.key not in st.edges)
             ns.taken = sum(1 for e in ins if st.edges.get(e.key))
         st.inputs.setdefault(target, {})[EXPLICIT_INPUT] = value
-        self._activate(target, value, acts)
+        self._activate(target, value, acts, controller)
 
     def on_failed(
         self,

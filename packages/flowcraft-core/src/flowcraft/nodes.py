@@ -78,6 +78,19 @@ class NodeContext:
     error: ErrorRecord | None = None
     """For a fallback node: the record of the failure it replaces."""
     logger: logging.Logger = field(default_factory=lambda: _NODE_LOGGER)
+    uses: str = ""
+    """The implementation key being run (the node's ``uses``; the worker key for batch items)."""
+    _predecessors: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False)
+
+    @property
+    def predecessors(self) -> tuple[str, ...]:
+        """The executions whose completion made this one ready, looking through built-in nodes.
+
+        Node ids, or ``scatter[i]`` for batch items: the node after a batch lists the batch's
+        items, the node after a wait lists the node before the wait, a fallback lists the node
+        it replaces, a loop's first node lists the loop's last node. Empty for start nodes.
+        """
+        return self._predecessors() if self._predecessors is not None else ()
 
     @property
     def idempotency_key(self) -> str:

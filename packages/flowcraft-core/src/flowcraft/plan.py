@@ -54,6 +54,9 @@ class Plan:
     has_condition_or_transform: bool
     loop_conditions: dict[str, Compiled] = field(default_factory=dict)
     checked_registry: object = None  # the registry this plan was last validated against
+    fast_nodes: frozenset[str] = frozenset()
+    """Nodes eligible for the runtime's plain-function fast path (for ``fast_registry``)."""
+    fast_registry: object = None
     has_fallbacks: bool = False
     has_back_edges: bool = False
     join_any: frozenset[str] = frozenset()

@@ -11,6 +11,7 @@ import inspect
 import itertools
 import logging
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -43,7 +44,7 @@ from .errors import (
 from .events import EventBus, FlowcraftEvent
 from .executor import Sleep, run_class, run_function
 from .expressions import Evaluator, SafeEvaluator
-from .kernel import FALLBACK, ITEM, Activation, Kernel, Scope
+from .kernel import FALLBACK, ITEM, NODE, Activation, Kernel, Scope
 from .middleware import compose
 from .nodes import NodeContext, NodeImplementation, NodeResult, coerce_result, is_node_class
 from .plan import Plan, get_plan
@@ -57,6 +58,7 @@ log = logging.getLogger("flowcraft.runtime")
 
 DEFAULT_CONCURRENCY = 32
 
+_COROUTINE = types.CoroutineType
 _ID_PREFIX = uuid.uuid4().hex[:20]
 _ID_COUNTER = itertools.count(1)
 
@@ -168,6 +170,7 @@ class _Run:
         "driver",
         "kernel",
         "pending",
+        "plain",
         "plan",
         "registry",
         "running",
@@ -203,6 +206,9 @@ class _Run:
         self.stop_at: frozenset[str] = frozenset()
         # Distributed mode: record every context write as a delta to commit atomically.
         self.deltas: dict[str, PatchOperation] | None = None
+        # Nothing observes node executions (no bus, middleware, deltas, attempt window): the
+        # runtime sets this for its own runs; other users of _Run keep the general path.
+        self.plain = False
         # Distributed queue-retry mode: run exactly these attempts (first, last).
         self.attempt_window: tuple[int, int] | None = None
         # replay_from: recorded outcomes served instead of executing nodes.
@@ -320,6 +326,16 @@ class FlowRuntime:
         if plan.checked_registry is not reg or strict:
             self._check(plan, reg, strict)
             plan.checked_registry = reg
+            plan.fast_nodes = frozenset(
+                n.id
+                for n in plan.blueprint.nodes
+                if n.uses not in BUILTIN_NODE_TYPES
+                and n.inputs is None
+                and n.config.max_retries == 1
+                and n.config.timeout is None
+                and not isinstance(reg.get(n.uses), type)
+            )
+            plan.fast_registry = reg
         return plan, reg
 
     def _check(self, plan: Plan, reg: Mapping[str, Any], strict: bool) -> None:
@@ -380,6 +396,7 @@ class FlowRuntime:
         )
         run.stop_at = frozenset(stop_at)
         run.serve = serve
+        run.plain = serve is None and self.event_bus is None and not self.middleware
         start: dict[str, Any] = {"blueprintId": bp.id}
         if initial and run.bus is not None:
             start["initialContext"] = dict(initial)  # lets history replay rebuild the context
@@ -439,6 +456,7 @@ class FlowRuntime:
             self._concurrency(concurrency),
             self.dependencies,
         )
+        run.plain = self.event_bus is None and not self.middleware
         details = awaiting[node_id]
         if self.timer_store is not None and details.get("reason") == "timer":
             # Resumed by hand (or by the scheduler, which already claimed it): a stale timer
@@ -648,6 +666,13 @@ class FlowRuntime:
         """Run one activation; returns an outcome tag and value, never raises (but cancels)."""
         plan = run.plan
         node = plan.nodes[act.node_id]
+        if (
+            act.kind == NODE
+            and run.plain
+            and act.node_id in plan.fast_nodes
+            and plan.fast_registry is run.registry
+        ):
+            return await self._execute_plain(run, act, node)
         node_id = act.job_node_id
         served = run.serve(act) if run.serve is not None else None
         try:
@@ -692,6 +717,45 @@ class FlowRuntime:
                 run.emit("node:error", {"nodeId": node_id, "error": rec})
             return (_ERR, rec)
         return outcome
+
+    async def _execute_plain(
+        self, run: _Run, act: Activation, node: NodeDefinition
+    ) -> tuple[int, Any]:
+        """Fast path for the common node: a plain function with one attempt, no timeout, no
+        explicit ``inputs``, and nothing observing the run (no bus, middleware or deltas)."""
+        node_id = act.node_id
+        try:
+            nctx = NodeContext(
+                node_id,
+                run.ctx,
+                act.input,
+                node.params,
+                run.state.execution_id,
+                run.blueprint.id,
+                1,
+                1,
+                act.iteration,
+                run.deps,
+                uses=node.uses,
+                _predecessors=lambda: self._sources(run, act),
+            )
+            fn: Any = run.registry[node.uses]
+            r = fn(nctx)
+            if type(r) is _COROUTINE or inspect.isawaitable(r):
+                r = await r
+            if type(r) is not NodeResult:
+                r = coerce_result(r, node_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            rec = ErrorRecord.from_exception(
+                exc,
+                node_id=node_id,
+                blueprint_id=run.blueprint.id,
+                execution_id=run.state.execution_id,
+            ).to_wire()
+            return (_ERR, rec)
+        return (_OK, r)
 
     def _node_context(
         self, run: _Run, act: Activation, node_id: str, node_input: Any, config: NodeConfig
@@ -751,6 +815,9 @@ class FlowRuntime:
         nodes = run.plan.nodes
         for p in direct:
             n = nodes.get(p)
+            if n is not None and n.config.fallback and run.state.nodes[p].status == "recovered":
+                p = n.config.fallback  # the fallback delivered in place of the failed node
+                n = nodes.get(p)
             if n is None or n.uses not in BUILTIN_NODE_TYPES:
                 out.append(p)
             elif n.uses == BATCH_SCATTER and p in run.state.batches:
