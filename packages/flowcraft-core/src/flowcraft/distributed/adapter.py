@@ -241,6 +241,9 @@ class BaseDistributedAdapter(ABC):
     async def stop(self) -> None:
         """Stop consuming; jobs in progress finish. Adapters override this."""
 
+    async def aclose(self) -> None:
+        """Release connections and threads (after :meth:`stop`). Adapters override this."""
+
     # -- client API ------------------------------------------------------------------------------
 
     async def start_run(

@@ -77,4 +77,5 @@ async def run_worker(
         await adapter.start()
     finally:
         watcher.cancel()
+        await adapter.aclose()
     return adapter

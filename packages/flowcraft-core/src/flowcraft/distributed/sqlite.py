@@ -509,6 +509,7 @@ class SqliteAdapter(BaseDistributedAdapter):
         visibility_timeout: float = 30.0,
         **kwargs: Any,
     ) -> None:
+        self._owns_backend = not isinstance(backend, SqliteBackend)
         self.backend = (
             backend
             if isinstance(backend, SqliteBackend)
@@ -574,6 +575,11 @@ class SqliteAdapter(BaseDistributedAdapter):
     async def stop(self) -> None:
         """Stop claiming jobs; jobs in progress finish first."""
         self._stopping = True
+
+    async def aclose(self) -> None:
+        """Close the database connection if this adapter opened it."""
+        if self._owns_backend:
+            await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
 
     async def process_jobs(self, handler: JobHandler) -> None:
         """Claim and handle jobs until :meth:`stop`; up to ``concurrency`` at once."""
