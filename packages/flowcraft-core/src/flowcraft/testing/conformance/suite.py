@@ -805,7 +805,10 @@ class AdapterConformanceSuite:
                 requeued.append(job)
 
         faults = FaultInjector().observe(seen)
-        async with self.cluster(backend, v2, workers=0, faults=faults) as c:
+        # A requeue limit no scheduling delay can exhaust: the run must wait for the v2 worker.
+        async with self.cluster(
+            backend, v2, workers=0, faults=faults, version_requeue_limit=1_000_000
+        ) as c:
             await c.add_worker(v1.runtime_options)
             rid = await c.start_run("versioned")
             await until(lambda: bool(requeued), "a requeued job to be delivered again")
