@@ -1,4 +1,5 @@
-"""The ``flowcraft`` command line: run, lint and draw blueprints, print the blueprint schema.
+"""The ``flowcraft`` command line: run, lint and draw blueprints, print the blueprint schema,
+inspect recorded runs (``flowcraft inspect``, ``flowcraft history list``).
 
 Exit codes of ``flowcraft run``: 0 completed, 2 awaiting, 1 failed / stalled / cancelled.
 Every command exits 3 on a usage or validation error (bad arguments, unreadable or invalid
@@ -332,11 +333,21 @@ def run(
     timeout: Annotated[
         float, typer.Option("--timeout", help="With --backend: seconds to wait for the result.")
     ] = 300.0,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            "--history",
+            help="Store every event of the run in this SQLite file (see `flowcraft inspect`).",
+            metavar="DB",
+        ),
+    ] = None,
 ) -> None:
     """Run a blueprint; exit 0 completed, 2 awaiting, 1 failed/stalled/cancelled, 3 usage."""
     reg = _registry_or_exit(registry)
     initial = _parse_input(input_)
     bp = _load_blueprint_or_exit(blueprint)
+    if backend is not None and history is not None:
+        _usage_error("--history records in-memory runs; it cannot be combined with --backend")
     if backend is not None:
         from .cli_distributed import run_distributed
 
@@ -346,13 +357,23 @@ def run(
     from .errors import BlueprintValidationError
     from .runtime import FlowRuntime, run_sync
 
-    runtime = FlowRuntime(registry=reg, event_bus=_PrintBus(err=as_json) if events else None)
+    bus: Any = _PrintBus(err=as_json) if events else None
+    store = None
+    if history is not None:
+        from .history import PersistentEventBus
+
+        store = _open_history(history, create=True)
+        bus = PersistentEventBus(store, forward=bus)
+    runtime = FlowRuntime(registry=reg, event_bus=bus)
     try:
         result: WorkflowResult = run_sync(
             runtime.run(bp, initial, concurrency=concurrency, execution_id=execution_id)
         )
     except BlueprintValidationError as exc:
         _usage_error(str(exc))
+    finally:
+        if store is not None:
+            store.close()
     code = {"completed": EXIT_OK, "awaiting": EXIT_AWAITING}.get(result.status, EXIT_FAILED)
     if as_json:
         try:
@@ -478,6 +499,202 @@ def schema() -> None:
     from .blueprint import blueprint_json_schema
 
     typer.echo(json.dumps(blueprint_json_schema(), indent=2))
+
+
+# -- history: inspect, history list ------------------------------------------------------------
+
+history_app = typer.Typer(
+    name="history",
+    cls=_Group,
+    help="Recorded runs (see `flowcraft run --history`).",
+    no_args_is_help=True,
+)
+"""The ``flowcraft history`` command group."""
+app.add_typer(history_app)
+
+_DB_OPTION = typer.Option(
+    "--db", "-d", help="SQLite event history (written by `flowcraft run --history`)."
+)
+_TABLE_OPTION = typer.Option("--table", help="History table name.")
+
+
+def _open_history(path: Path, *, create: bool = False, table: str | None = None) -> Any:
+    """An open SqliteEventStore on ``path``; usage error when it is missing or unusable."""
+    import sqlite3
+
+    from .history import DEFAULT_TABLE, SqliteEventStore
+    from .runtime import run_sync
+
+    if not create and not path.is_file():
+        _usage_error(f"no history database at {str(path)!r}")
+    try:
+        store = SqliteEventStore(path, table=table or DEFAULT_TABLE)
+    except ValueError as exc:
+        _usage_error(str(exc))
+    try:
+        run_sync(store.list_executions(limit=1))  # opens the file and checks the schema
+    except sqlite3.Error as exc:
+        store.close()
+        _usage_error(f"cannot use {str(path)!r} as a history database: {exc}")
+    return store
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1.0:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _when(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command("inspect")
+def inspect_(
+    execution_id: Annotated[str, typer.Argument(help="Execution id.", show_default=False)],
+    db: Annotated[Path, _DB_OPTION],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary and every event as JSON.")
+    ] = False,
+    blueprint: Annotated[
+        Path | None,
+        typer.Option("--blueprint", help="The run's blueprint: list every node, in order."),
+    ] = None,
+    table: Annotated[str | None, _TABLE_OPTION] = None,
+) -> None:
+    """Summarise a recorded run from its events; exit 1 when the history has none."""
+    bp = _load_blueprint_or_exit(blueprint) if blueprint is not None else None
+    store = _open_history(db, table=table)
+    from .replay import node_timings, replay
+    from .runtime import run_sync
+
+    try:
+        events = run_sync(store.retrieve(execution_id))
+    finally:
+        store.close()
+    if not events:
+        typer.echo(f"No events found for execution {execution_id!r} in {str(db)!r}.", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    if bp is not None and bp.id != events[0].blueprint_id:
+        _usage_error(
+            f"execution {execution_id!r} ran blueprint {events[0].blueprint_id!r}, not {bp.id!r}"
+        )
+    result = replay(bp, events, execution_id=execution_id)
+    timings = node_timings(events)
+    nodes: list[dict[str, Any]] = []
+    for node_id, node_status in result.node_statuses.items():
+        t = timings.get(node_id)
+        seconds = t.duration if t is not None else None
+        nodes.append(
+            {
+                "nodeId": node_id,
+                "status": node_status,
+                "executions": t.executions if t is not None else 0,
+                "durationMs": round(seconds * 1000, 3) if seconds is not None else None,
+            }
+        )
+    user_keys = [k for k in result.context if not k.startswith("_")]
+    if as_json:
+        payload = {
+            "executionId": execution_id,
+            "blueprintId": result.blueprint_id,
+            "status": result.status,
+            "errorCount": len(result.errors),
+            "errors": [e.to_wire() for e in result.errors],
+            "nodes": nodes,
+            "context": {k: result.context[k] for k in user_keys},
+            "events": [e.to_wire() for e in events],
+        }
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=repr))
+        raise typer.Exit(EXIT_OK)
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    status = result.status
+    style = _STATUS_STYLE.get(status)
+    shown = f"[{style}]{status}[/{style}]" if style else status
+    n_err = len(result.errors)
+    console.print(f"Execution [bold]{escape(execution_id)}[/bold]")
+    console.print(f"Blueprint: {escape(result.blueprint_id)}")
+    console.print(f"Status: {shown}" + (f", {_plural(n_err, 'error')}" if n_err else ""))
+    types = [e.type for e in events]
+    console.print(
+        f"Events: {len(events)} (node:start {types.count('node:start')}, "
+        f"node:finish {types.count('node:finish')}, node:error {types.count('node:error')})"
+    )
+    grid = Table("Node", "Status", "Runs", "Duration")
+    for n in nodes:
+        st = n["status"]
+        s_style = _STATUS_STYLE.get(st)
+        ms = n["durationMs"]
+        grid.add_row(
+            escape(n["nodeId"]),
+            f"[{s_style}]{st}[/{s_style}]" if s_style else st,
+            str(n["executions"]),
+            _duration(ms / 1000 if ms is not None else None),
+        )
+    console.print(grid)
+    if user_keys:
+        head = user_keys[:10]
+        more = f" (first 10 of {len(user_keys)})" if len(user_keys) > 10 else ""
+        console.print(f"Context{more}:")
+        for k in head:
+            console.print(f"  {escape(k)} = {escape(_short(result.context[k]))}")
+    if result.errors:
+        console.print("Errors:")
+        for err in result.errors:
+            where = f"{err.node_id}: " if err.node_id else ""
+            console.print(f"  [red]{escape(where)}{escape(err.name)}: {escape(err.message)}[/red]")
+    raise typer.Exit(EXIT_OK)
+
+
+@history_app.command("list")
+def history_list(
+    db: Annotated[Path, _DB_OPTION],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many to show.")] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    table: Annotated[str | None, _TABLE_OPTION] = None,
+) -> None:
+    """List recorded executions, most recent first."""
+    store = _open_history(db, table=table)
+    from .runtime import run_sync
+
+    try:
+        rows = run_sync(store.list_executions(limit=limit, offset=offset))
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2, ensure_ascii=False))
+        raise typer.Exit(EXIT_OK)
+    if not rows:
+        typer.echo(f"No executions in {str(db)!r}.")
+        raise typer.Exit(EXIT_OK)
+    # Plain aligned columns: ids are long and must stay whole (copy them into `inspect`).
+    lines = [("EXECUTION", "BLUEPRINT", "STATUS", "ERRORS", "EVENTS", "STARTED (UTC)", "TOOK")]
+    for r in rows:
+        lines.append(
+            (
+                r.execution_id,
+                r.blueprint_id,
+                r.status,
+                str(r.error_count),
+                str(r.event_count),
+                _when(r.started_at),
+                _duration(r.updated_at - r.started_at),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    raise typer.Exit(EXIT_OK)
 
 
 def main() -> None:

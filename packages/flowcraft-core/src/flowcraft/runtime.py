@@ -463,6 +463,7 @@ class FlowRuntime:
             # would resume this snapshot again later and run the downstream nodes twice.
             await self.timer_store.remove(st.execution_id, node_id)
         run.emit("workflow:resume", {"nodeId": node_id, "action": action})
+        awaiting.pop(node_id)  # no longer awaiting, whether it now completes or fails
         if details.get("reason") == "subflow":
             child = await self._resume_child(plan.nodes[node_id], details, output, action, reg)
             if child.status == "awaiting":
@@ -479,7 +480,8 @@ class FlowRuntime:
             run.emit(
                 "node:finish", {"nodeId": node_id, "result": NodeResult(output, action).to_wire()}
             )
-            acts = run.kernel.resume(node_id, output, action)
+            # Through _apply: an edge expression that fails fails the node, as in run().
+            acts = self._apply(run, Activation(node_id, output), (_OK, NodeResult(output, action)))
         return await self._go(run, acts, signal)
 
     def cancel(self, execution_id: str) -> bool:
@@ -1056,7 +1058,7 @@ class FlowRuntime:
         out = self._subflow_output(run, node, child)
         res = NodeResult(out, action)
         run.emit("node:finish", {"nodeId": node.id, "result": res.to_wire()})
-        return run.kernel.on_complete(node.id, res)
+        return self._apply(run, Activation(node.id, None), (_OK, res))
 
     # -- finishing ---------------------------------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""BullMQ workers as real processes, killed with SIGKILL mid-node and at every step of a commit.
+
+Workers are started through the ``redis://`` backend URL (flowcraft-bullmq's entry point) by
+``flowcraft.distributed.backends.run_worker``, exactly as ``flowcraft worker`` does. A
+supervisor respawns dead workers. The run must end with exactly the result of an undisturbed
+run, and every node must be committed exactly once (each node appends its id to a context
+list, so a doubled commit shows as two entries). Recovery is BullMQ's: the killed worker's job
+lock expires and the stalled-job check hands the job to a live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bullmq_proc_app as app
+from flowcraft_bullmq import BullMQAdapter
+
+EXPECTED_OUTPUTS = {"a": 1, "b": 2, "c": 2, "d": 5, "e": 6}
+
+
+async def _supervised_run(
+    redis_url: str, prefix: str, tmp: Path, env: dict[str, str], workers: int = 2
+) -> tuple[Any, int]:
+    """Run ``killme`` with ``workers`` supervised worker processes; returns the result and
+    how many workers died. Afterwards every live worker gets SIGTERM and must exit cleanly
+    (exit code 0) within 20 s: a graceful stop that drains and closes."""
+    url = f"{redis_url}?queue=kill&prefix={prefix}"
+    env = {"FC_TEST_DIR": str(tmp), **env}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=app.worker_main, args=(url,)) for _ in range(workers)]
+    deaths = 0
+    client = BullMQAdapter(
+        redis_url,
+        queue_name="kill",
+        prefix=prefix,
+        runtime_options={"registry": app.REGISTRY, "blueprints": [app.BLUEPRINT]},
+    )
+    try:
+        for p in procs:
+            p.start()
+        rid = await client.start_run("killme", {})
+        stopped: list[Any] = []
+        deadline = time.monotonic() + 60
+        while True:
+            st = await client.status(rid)
+            if st.status in ("completed", "failed", "stalled", "cancelled"):
+                break
+            assert time.monotonic() < deadline, f"run stuck: {st}"
+            for i, p in enumerate(procs):
+                if not p.is_alive():
+                    deaths += 1
+                    procs[i] = ctx.Process(target=app.worker_main, args=(url,))
+                    procs[i].start()
+            await asyncio.sleep(0.05)
+        result = await client.get_result(rid)
+        limit = time.monotonic() + 10
+        while not all((tmp / f"ready-{p.pid}").exists() for p in procs):
+            assert time.monotonic() < limit, "a worker never became ready"
+            await asyncio.sleep(0.02)
+        for p in procs:
+            p.terminate()  # SIGTERM: the worker stops gracefully
+            stopped.append(p)
+        for p in stopped:
+            p.join(20)
+        assert [p.exitcode for p in stopped] == [0] * len(stopped)
+        return result, deaths
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        r = client.redis
+        keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await r.unlink(*keys)
+        await client.aclose()
+
+
+def _executions(tmp: Path) -> list[tuple[str, str]]:
+    lines = (tmp / "executions.log").read_text().splitlines()
+    return [(ln.split()[0], ln.split()[1]) for ln in lines]
+
+
+def _assert_exact(result: Any) -> None:
+    assert result.status == "completed"
+    assert result.node_statuses == dict.fromkeys("abcde", "completed")
+    assert result.outputs == EXPECTED_OUTPUTS
+    for n in "abcde":
+        assert result.context[f"trail.{n}"] == [n]  # committed exactly once
+
+
+@pytest.mark.slow
+async def test_undisturbed_run_gives_the_reference_result(
+    redis_url: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, {})
+    _assert_exact(result)
+    assert deaths == 0
+    assert sorted(_executions(tmp_path)) == sorted(
+        [(n, "start") for n in "abcde"] + [(n, "end") for n in "abcde"]
+    )
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_node(redis_url: str, unique_prefix: str, tmp_path: Path) -> None:
+    env = {"FC_KILL_IN_NODE": "b"}
+    result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, env)
+    _assert_exact(result)
+    assert deaths == 1
+    ex = _executions(tmp_path)
+    assert ex.count(("b", "start")) == 2
+    assert ex.count(("b", "end")) == 1
+    for n in "acde":
+        assert ex.count((n, "start")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("point", "node"),
+    [
+        ("after_receive", "d"),
+        ("after_execute", "c"),
+        ("before_commit", "c"),
+        ("after_commit", "c"),
+        ("between_enqueues", "a"),
+    ],
+)
+async def test_sigkill_at_step_point(
+    redis_url: str, unique_prefix: str, tmp_path: Path, point: str, node: str
+) -> None:
+    env = {"FC_KILL_AT_POINT": point, "FC_KILL_POINT_NODE": node}
+    result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, env)
+    _assert_exact(result)
+    assert deaths == 1
+    ex = _executions(tmp_path)
+    committed_before_kill = point in ("after_commit", "between_enqueues")
+    ran_before_kill = point != "after_receive"
+    expected_runs = 1 if committed_before_kill or not ran_before_kill else 2
+    assert ex.count((node, "end")) == expected_runs

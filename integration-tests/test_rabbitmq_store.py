@@ -1,0 +1,478 @@
+"""RabbitMQ adapter specifics on real servers: the PostgreSQL run store (parameterised keys,
+NUL characters, version and final-status compare-and-set, paged "running and stale" scan,
+migrations) and the queue mechanics (delay queues, poison messages, delivery hand-off for
+long nodes, reconcile_all, waiting without polling).
+
+Uses the ``rabbit`` fixture of ``test_rabbitmq_conformance.py`` (one queue / schema / key
+prefix per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from flowcraft import load_blueprint
+from flowcraft.context import PatchOperation
+from flowcraft.distributed.contracts import JobPayload
+from flowcraft.testing.conformance import Cluster, FaultInjector, until
+from flowcraft.testing.conformance import scenarios as sc
+from flowcraft_rabbitmq import SCHEMA_VERSION, PostgresRunStore, RabbitMQAdapter
+from psycopg import sql
+from test_rabbitmq_conformance import RabbitBackend, rabbit
+
+__all__ = ["rabbit"]  # the fixture, imported for pytest
+
+AWKWARD_KEYS = [
+    "'); DROP TABLE runs; --",
+    'quote"and\\backslash',
+    "{a,b}",
+    "a.b/c",
+    "nul\x00inside",
+    "\x01starts-with-escape",
+    "$1",
+    "%s %(x)s",
+    "ключ",
+]
+
+
+def _set(key: str, value: Any) -> PatchOperation:
+    return PatchOperation("set", key, value)
+
+
+async def _store(rabbit: RabbitBackend) -> PostgresRunStore:
+    await rabbit.store.migrate()
+    return rabbit.store
+
+
+# == the run store ================================================================================
+
+
+async def test_awkward_keys_and_nul_strings_round_trip(rabbit: RabbitBackend) -> None:
+    """Keys that would break a string-built query, and strings containing NUL (which JSONB
+    and PostgreSQL text cannot hold raw) round-trip exactly; the tables survive."""
+    store = await _store(rabbit)
+    values = {k: f"v\x00{i}" for i, k in enumerate(AWKWARD_KEYS)}
+    values["nested"] = {"x\x00y": ["\x00", None, {"k": "\x00\x00"}]}
+    assert await store.commit("run/1 'x'", [_set(k, v) for k, v in values.items()], 0)
+    snap = await store.load("run/1 'x'")
+    assert snap.version == 1
+    assert snap.data == values
+    assert await store.context("run/1 'x'").get("nul\x00inside") == "v\x004"
+    assert await store.commit("run/1 'x'", [PatchOperation("delete", "nul\x00inside")], 1)
+    snap = await store.load("run/1 'x'")
+    assert "nul\x00inside" not in snap.data
+    assert snap.version == 2
+    assert await store.schema_version() == SCHEMA_VERSION
+
+
+async def test_commit_is_a_version_compare_and_set(rabbit: RabbitBackend) -> None:
+    """A commit with a stale version writes nothing; creating an existing run fails."""
+    store = await _store(rabbit)
+    assert await store.commit("r", [_set("a", 1)], 0)
+    assert not await store.commit("r", [_set("a", 2)], 0)  # already exists
+    assert await store.commit("r", [_set("a", 3), _set("b", 4)], 1)
+    assert not await store.commit("r", [_set("a", 5), PatchOperation("delete", "b")], 1)
+    snap = await store.load("r")
+    assert snap.data == {"a": 3, "b": 4}
+    assert snap.version == 2
+    assert await store.load("missing") == type(snap)({}, 0)
+
+
+async def test_final_status_is_never_replaced(rabbit: RabbitBackend) -> None:
+    """Once the status column is final, a commit that would change it is refused even with
+    the right version; commits that leave it alone still apply."""
+    store = await _store(rabbit)
+    run = {"executionId": "f", "blueprintId": "bp", "status": "running"}
+    assert await store.commit("f", [_set("_fc.run", run)], 0)
+    assert await store.run_status("f") == "running"
+    assert await store.commit("f", [_set("_fc.run", {**run, "status": "completed"})], 1)
+    assert await store.run_status("f") == "completed"
+    assert not await store.commit("f", [_set("_fc.run", {**run, "status": "running"})], 2)
+    assert not await store.commit("f", [_set("_fc.run", {**run, "status": "failed"})], None)
+    assert await store.run_status("f") == "completed"
+    assert await store.commit("f", [_set("note", 1)], 2)
+    assert (await store.load("f")).version == 3
+
+
+async def test_contending_commits_take_turns_and_all_apply(rabbit: RabbitBackend) -> None:
+    """Twenty branches of one run committing at once from one process (each: load, add
+    itself, conditional commit, retry on conflict) all apply exactly once; the in-process
+    gates used by the retries are gone afterwards."""
+    store = await _store(rabbit)
+    assert await store.commit("fan", [_set("done", [])], 0)
+
+    async def branch(i: int) -> int:
+        ctx = store.context("fan")
+        tries = 0
+        while True:
+            tries += 1
+            snap = await ctx.load()
+            await asyncio.sleep(0)  # let the others read the same version
+            if await ctx.commit([_set("done", [*snap.data["done"], i])], snap.version):
+                return tries
+
+    tries = await asyncio.gather(*(branch(i) for i in range(20)))
+    snap = await store.load("fan")
+    assert sorted(snap.data["done"]) == list(range(20))
+    assert snap.version == 21
+    assert max(tries) > 1  # they did collide
+    assert store._gates == {}
+
+
+async def test_active_runs_are_paged_and_stale_filtered(rabbit: RabbitBackend) -> None:
+    """``list_active_runs`` pages through non-final runs exactly once each, least recently
+    updated first; ``stale_after`` keeps only runs without progress for that long."""
+    store = await _store(rabbit)
+    for i in range(7):
+        status = "completed" if i % 3 == 0 else "running"
+        rec = {"executionId": f"r{i}", "blueprintId": "bp", "status": status}
+        assert await store.commit(f"r{i}", [_set("_fc.run", rec)], 0)
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        ids, cursor = await store.list_active_runs(cursor, 2)
+        pages.append(ids)
+        if cursor is None:
+            break
+    assert pages == [["r1", "r2"], ["r4", "r5"]]
+    assert await store.list_active_runs(None, 100, stale_after=3600) == ([], None)
+    assert (await store.list_active_runs(None, 100, stale_after=0))[0] == ["r1", "r2", "r4", "r5"]
+
+
+async def test_migrations_are_idempotent_and_concurrent(rabbit: RabbitBackend) -> None:
+    """Several processes migrating at once end with one schema at the newest version."""
+    stores = [PostgresRunStore(rabbit.postgres_url, schema=rabbit.schema) for _ in range(3)]
+    try:
+        assert await stores[0].schema_version() == 0
+        versions = await asyncio.gather(*(s.migrate() for s in stores))
+        assert versions == [SCHEMA_VERSION] * 3
+        assert await stores[0].migrate() == SCHEMA_VERSION
+        assert await stores[1].schema_version() == SCHEMA_VERSION
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+# == runs with NUL strings, results, reconcile_all, waiting ========================================
+
+
+def _nul_scenario() -> sc.Scenario:
+    p = sc.Probe()
+    reg: dict[str, Any] = {
+        "w": p.node("out\x00put", writes={"k\x00ey": "va\x00lue", "plain": ["\x00"]}),
+        "r": p.node(lambda c: c.input + "!"),
+    }
+    bp = load_blueprint(
+        {
+            "id": "nul",
+            "nodes": [{"id": "w", "uses": "w"}, {"id": "r", "uses": "r"}],
+            "edges": [{"source": "w", "target": "r"}],
+        }
+    )
+    return sc.Scenario([bp], reg, p)
+
+
+async def test_run_with_nul_strings_completes_and_stores_its_result(
+    rabbit: RabbitBackend,
+) -> None:
+    """A workflow writing NUL-containing keys and values completes with them intact; the
+    status column and the published result row agree."""
+    s = _nul_scenario()
+
+    async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
+        return rabbit.adapter(runtime_options=runtime_options, **kw)
+
+    async with Cluster(make, s.runtime_options, workers=1, timeout=20) as c:
+        res = await c.run("nul")
+    assert res.status == "completed"
+    assert res.context == {
+        "k\x00ey": "va\x00lue",
+        "plain": ["\x00"],
+        "_outputs.w": "out\x00put",
+        "_outputs.r": "out\x00put!",
+    }
+    assert await rabbit.store.run_status(res.execution_id) == "completed"
+    stored = await rabbit.store.get_result(res.execution_id)
+    assert stored is not None
+    assert stored["status"] == "completed"
+    assert stored["context"]["k\x00ey"] == "va\x00lue"
+
+
+async def test_reconcile_all_uses_the_stale_scan(rabbit: RabbitBackend) -> None:
+    """A run whose job was lost is found by ``reconcile_all`` (SQL "running and stale"
+    scan) and completes; a fresh threshold finds nothing."""
+    s = sc.lost()
+    faults = FaultInjector().drop("b")
+
+    async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
+        return rabbit.adapter(runtime_options=runtime_options, lease_seconds=0.3, **kw)
+
+    async with Cluster(make, s.runtime_options, workers=1, faults=faults, timeout=20) as c:
+        rid = await c.start_run("lost")
+        await c.wait_until(rid, lambda st: st.node_statuses.get("b") == "queued", "b queued")
+        await c.hold(0.6)  # the lease of nothing; b's job is simply gone
+        client = c.client
+        assert isinstance(client, RabbitMQAdapter)
+        assert await client.reconcile_all(stale_after=3600) == {
+            "scanned": 0,
+            "reconciled": 0,
+            "enqueued": 0,
+        }
+        assert await client.reconcile_all(stale_after=0.1) == {
+            "scanned": 1,
+            "reconciled": 1,
+            "enqueued": 1,
+        }
+        res = await c.result(rid)
+    assert res.status == "completed"
+    assert s.probe.counts() == {"a": 1, "b": 1, "c": 1}
+
+
+async def test_result_waits_for_notify_not_polling(rabbit: RabbitBackend) -> None:
+    """``result()`` LISTENs for the final NOTIFY: while the run is held for 1.5 s the waiting
+    client sends at most a few status queries (one per ``recheck`` second), not a poll loop."""
+    s = sc.lost()
+    client_store = PostgresRunStore(rabbit.postgres_url, schema=rabbit.schema)
+
+    async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
+        if kw.get("worker_id") == "client":
+            return rabbit.adapter(postgres=client_store, runtime_options=runtime_options, **kw)
+        return rabbit.adapter(runtime_options=runtime_options, **kw)
+
+    try:
+        async with Cluster(make, s.runtime_options, workers=1, timeout=20) as c:
+            rid = await c.start_run("held")
+            await until(s.probe.gate("held-started").is_set, "'held' to start")
+            before = client_store.stats.statements
+            waiter = asyncio.create_task(c.result(rid))
+            await c.hold(1.5)
+            during = client_store.stats.statements - before
+            s.probe.gate("go").set()
+            res = await waiter
+        assert res.status == "completed"
+        assert 1 <= during <= 3
+    finally:
+        await client_store.aclose()
+
+
+# == queue mechanics ==============================================================================
+
+
+async def _consume(adapter: RabbitMQAdapter, handler: Any) -> asyncio.Task[None]:
+    task = asyncio.create_task(adapter.process_jobs(handler))
+    await asyncio.sleep(0)
+    return task
+
+
+def _job(node: str) -> JobPayload:
+    return JobPayload(run_id="q", blueprint_id="bp", node_id=node)
+
+
+async def test_delays_order_deliveries_without_plugins(rabbit: RabbitBackend) -> None:
+    """Delayed messages go through the TTL delay queues and arrive in due order whatever the
+    publish order: 700 ms (several power-of-two hops), 150 ms, 30 ms, now."""
+    a = rabbit.adapter()
+    seen: list[str] = []
+
+    async def handler(job: JobPayload) -> None:
+        seen.append(job.node_id)
+
+    task = await _consume(a, handler)
+    try:
+        await a.enqueue_job(_job("late"), delay=0.7)
+        await a.enqueue_job(_job("mid"), delay=0.15)
+        await a.enqueue_job(_job("soon"), delay=0.03)
+        await a.enqueue_job(_job("now"))
+        await until(lambda: len(seen) == 4, "four deliveries", timeout=10)
+    finally:
+        await a.stop()
+        await task
+    assert seen == ["now", "soon", "mid", "late"]
+    assert a.delay_queue_name(512) in a._declared  # the 700 ms message hopped via 512 ms
+
+
+async def test_failing_handling_is_retried_with_backoff_then_dead_lettered(
+    rabbit: RabbitBackend,
+) -> None:
+    """A message whose handling keeps raising is redelivered through the delay queues (never
+    a hot loop) and dead-lettered with the reason after ``max_failures`` attempts."""
+    a = rabbit.adapter(max_failures=3)
+    calls: list[str] = []
+
+    async def handler(job: JobPayload) -> None:
+        calls.append(job.node_id)
+        raise ConnectionError("store down")
+
+    task = await _consume(a, handler)
+    try:
+        await a.enqueue_job(_job("poison"))
+        await until(lambda: a.dead_lettered == 1, "the dead letter", timeout=10)
+    finally:
+        await a.stop()
+        await task
+    assert calls == ["poison"] * 3
+    letters = await a.dead_letters()
+    assert len(letters) == 1
+    assert '"nodeId":"poison"' in letters[0][0]
+    assert letters[0][1] == "handling failed 3 times: ConnectionError('store down')"
+
+
+async def test_message_killing_its_worker_is_dead_lettered(rabbit: RabbitBackend) -> None:
+    """A message that "kills" its worker every time (simulated crash: no ack, requeued) is
+    dead-lettered after ``max_redeliveries`` redeliveries instead of looping forever."""
+    from flowcraft.distributed.contracts import SimulatedCrash
+
+    a = rabbit.adapter(max_redeliveries=2)
+    calls: list[str] = []
+
+    async def handler(job: JobPayload) -> None:
+        calls.append(job.node_id)
+        raise SimulatedCrash("boom")
+
+    task = await _consume(a, handler)
+    try:
+        await a.enqueue_job(_job("killer"))
+        await until(lambda: a.dead_lettered == 1, "the dead letter", timeout=10)
+    finally:
+        await a.stop()
+        await task
+    assert calls == ["killer"] * 3
+    assert [r for _, r in await a.dead_letters()] == ["redelivered more than 2 times"]
+
+
+def _long_scenario(seconds: float) -> sc.Scenario:
+    p = sc.Probe()
+    reg: dict[str, Any] = {
+        "s": p.node("S"),
+        "long": p.node("LONG", sleep=seconds, started="long-started"),
+        "after": p.node(lambda c: f"after:{c.input}"),
+    }
+    bp = load_blueprint(
+        {
+            "id": "long",
+            "nodes": [{"id": n, "uses": n} for n in ("s", "long", "after")],
+            "edges": [{"source": "s", "target": "long"}, {"source": "long", "target": "after"}],
+        }
+    )
+    return sc.Scenario([bp], reg, p)
+
+
+LONG_CONTEXT = {"_outputs.s": "S", "_outputs.long": "LONG", "_outputs.after": "after:LONG"}
+
+
+async def test_long_node_hands_off_its_delivery(rabbit: RabbitBackend) -> None:
+    """A node running past ``handoff_after`` has its delivery acked early (so the broker's
+    consumer timeout can never close the channel) and a watchdog copy re-armed while its
+    lease lives; the node runs once and the run completes."""
+    s = _long_scenario(1.2)
+    watch: list[str] = []
+
+    async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
+        a = rabbit.adapter(
+            runtime_options=runtime_options,
+            lease_seconds=0.3,
+            handoff_after=0.2,
+            watchdog_interval=0.2,
+            **kw,
+        )
+        orig = a._lease_alive
+
+        async def lease_alive(job: JobPayload) -> bool:
+            alive = await orig(job)
+            watch.append(f"{job.node_id}:{alive}")
+            return alive
+
+        a._lease_alive = lease_alive  # type: ignore[method-assign]
+        return a
+
+    async with Cluster(make, s.runtime_options, workers=2, timeout=20) as c:
+        res = await c.run("long")
+        await c.hold(0.5)  # a last watchdog may still be on its way: it must change nothing
+    assert res.status == "completed"
+    assert res.context == LONG_CONTEXT
+    assert s.probe.counts() == {"s": 1, "long": 1, "after": 1}
+    assert watch.count("long:True") >= 2  # re-armed while the node ran
+    assert set(watch) <= {"long:True", "long:False"}
+
+
+async def test_watchdog_recovers_a_handed_off_job_whose_worker_died(
+    rabbit: RabbitBackend,
+) -> None:
+    """The worker dies after handing off a long node's delivery (nothing left to requeue):
+    once its lease expires the watchdog copy runs the node again and the run completes."""
+    s = _long_scenario(1.0)  # handed off (at 0.2 s) long before it dies (at 1.0 s)
+    faults = FaultInjector().crash("long", "after_execute")
+    watch: list[str] = []
+
+    async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
+        a = rabbit.adapter(
+            runtime_options=runtime_options,
+            lease_seconds=0.3,
+            handoff_after=0.2,
+            watchdog_interval=0.2,
+            **kw,
+        )
+        orig = a._lease_alive
+
+        async def lease_alive(job: JobPayload) -> bool:
+            alive = await orig(job)
+            watch.append(f"{job.node_id}:{alive}")
+            return alive
+
+        a._lease_alive = lease_alive  # type: ignore[method-assign]
+        return a
+
+    async with Cluster(make, s.runtime_options, workers=2, faults=faults, timeout=20) as c:
+        res = await c.run("long")
+    assert [(p, n) for p, n, _ in faults.crashes] == [("after_execute", "long")]
+    assert res.status == "completed"
+    assert res.context == LONG_CONTEXT
+    assert s.probe.counts() == {"s": 1, "long": 2, "after": 1}
+    # The dead worker's delivery was already acked: the watchdog, finding the lease gone,
+    # is what ran the node again.
+    assert "long:False" in watch
+
+
+async def test_ordinary_keys_are_stored_verbatim(rabbit: RabbitBackend) -> None:
+    """Ordinary keys (engine and user) are stored as they are, readable by plain SQL; only
+    keys with NUL get the escape."""
+    store = await _store(rabbit)
+    s = sc.linear()
+
+    async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
+        return rabbit.adapter(runtime_options=runtime_options, **kw)
+
+    async with Cluster(make, s.runtime_options, workers=1, timeout=20) as c:
+        res = await c.run("linear", {"start": 0})
+    assert res.status == "completed"
+    async with store.pool.connection() as conn:
+        query = sql.SQL("SELECT key FROM {} WHERE run_id = %s ORDER BY key").format(
+            sql.Identifier(rabbit.schema, "ctx")
+        )
+        cur = await conn.execute(query, (res.execution_id,))
+        keys = [r[0] for r in await cur.fetchall()]
+    assert "_fc.run" in keys
+    assert "_outputs.c" in keys
+    assert all(not k.startswith("\x01") for k in keys)
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe not utf-8", b"[1, 2, 3]"])
+async def test_undecodable_bodies_are_dead_lettered(rabbit: RabbitBackend, bad: bytes) -> None:
+    """Bodies that are not UTF-8 JSON objects are dead-lettered; the handler never runs."""
+    a = rabbit.adapter()
+    calls: list[JobPayload] = []
+
+    async def handler(job: JobPayload) -> None:
+        calls.append(job)
+
+    task = await _consume(a, handler)
+    try:
+        await a.publish(bad)
+        await until(lambda: a.dead_lettered == 1, "the dead letter", timeout=10)
+    finally:
+        await a.stop()
+        await task
+    assert calls == []
+    assert len(await a.dead_letters()) == 1

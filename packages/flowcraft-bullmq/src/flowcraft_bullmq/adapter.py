@@ -1,0 +1,468 @@
+"""BullMQAdapter: Flowcraft workers and clients on a BullMQ queue, with run state in Redis.
+
+The queue is a BullMQ ``Queue``/``Worker`` pair; run contexts, leases and the active-run index
+are the shared Redis stores of :mod:`flowcraft.redis`. All orchestration (routing, joins,
+exactly-once commits, leases, recovery) is :class:`~flowcraft.distributed.adapter.
+BaseDistributedAdapter`'s; this module only maps it onto BullMQ:
+
+* job ids: ``fc|<run>|<blueprint>|<node>|<iteration>|<attempt>|<kind>|<requeues>[|<gen>][|t<wake>]``
+  (``:``, ``|`` and ``%`` escaped). Re-enqueueing the same work while its job is still known to
+  BullMQ is a no-op, but a loop iteration, a delegated attempt, a requeue, a reconcile pass
+  (its own generation) or a re-armed timer always gets a new id, so deduplication never blocks
+  progress or recovery (upstream bugs A1, C4).
+* retries: in-process by default; with ``retry_in_process=False`` (or an overridden
+  :meth:`should_retry_in_process`) each attempt is one BullMQ attempt: the job carries
+  ``attempts``/``backoff`` and a failed non-final attempt makes the processor raise, so BullMQ
+  itself schedules the retry with its backoff.
+* crash recovery: BullMQ's job lock (renewed while the processor runs) and its stalled-job
+  check redeliver the job of a worker that died; the node lease in Redis keeps a slow node from
+  running twice.
+* dead letters: an unparseable job, or a job the engine rejects as invalid, is failed in
+  BullMQ without retry (``UnrecoverableError``) and logged; workers keep going.
+* shutdown: :meth:`stop` closes the BullMQ worker, which waits for active jobs to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from bullmq import Job, Queue, Worker
+from bullmq.custom_errors import DelayedError, UnrecoverableError
+from flowcraft.blueprint import NodeDefinition
+from flowcraft.distributed.adapter import BaseDistributedAdapter, JobHandler, RetryJob
+from flowcraft.distributed.contracts import (
+    Capabilities,
+    InvalidJobError,
+    JobPayload,
+    SimulatedCrash,
+)
+from flowcraft.distributed.statekeys import RUN_KEY
+from flowcraft.executor import retry_delay
+from flowcraft.redis import RedisRunContext, RedisStateStore, RedisStoreStats, connect
+from flowcraft.state import FINAL_STATUSES
+
+log = logging.getLogger("flowcraft.bullmq")
+
+BACKOFF_STRATEGY: Final = "flowcraft"
+"""BullMQ backoff type computed by Flowcraft's own retry policy (used when a node's jitter or
+``maxRetryDelay`` cap cannot be expressed by BullMQ's ``fixed``/``exponential``)."""
+
+DEFAULT_REMOVE_ON_COMPLETE: Final[Mapping[str, int]] = {"age": 3600, "count": 100_000}
+DEFAULT_REMOVE_ON_FAIL: Final[Mapping[str, int]] = {"age": 7 * 24 * 3600}
+
+_GENERATION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flowcraft_bullmq_generation", default=None
+)
+
+
+class NodeAttemptFailed(Exception):
+    """Raised from the BullMQ processor when a delegated (queue-native) attempt failed and
+    BullMQ should retry the job with its backoff."""
+
+
+def _esc(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A").replace("|", "%7C")
+
+
+def job_id_for(
+    job: JobPayload, *, generation: str | None = None, wake_ms: int | None = None
+) -> str:
+    """The BullMQ job id of ``job`` (see the module docstring). Never contains ``:`` (BullMQ
+    rejects it) and is never an integer."""
+    parts = [
+        "fc",
+        _esc(job.run_id),
+        _esc(job.blueprint_id),
+        _esc(job.node_id),
+        str(job.iteration),
+        str(job.attempt),
+        job.kind,
+        str(job.requeues),
+    ]
+    if generation:
+        parts.append(_esc(generation))
+    if wake_ms is not None:
+        parts.append(f"t{wake_ms}")
+    return "|".join(parts)
+
+
+class BullMQAdapter(BaseDistributedAdapter):
+    """A Flowcraft worker (``await adapter.start()``) or client (``start_run``/``result``/...)
+    on BullMQ + Redis.
+
+    ``url`` is a ``redis://`` / ``rediss://`` URL. ``queue_name`` and ``prefix`` name the
+    BullMQ queue (keys ``<prefix>:<queue_name>:*``); the run state lives under
+    ``<prefix>:state:`` (see :mod:`flowcraft.redis.store`). ``concurrency`` is the number of
+    jobs one worker processes at once. ``lock_duration``/``stalled_interval`` (seconds) bound
+    how long a dead worker's job waits before redelivery; ``max_stalled_count`` is how often a
+    job may be recovered that way before BullMQ gives up on it (the reconciler can still
+    recover the run). ``cache_runs`` is how many runs the state store remembers so that
+    reloading one transfers only what changed (0 disables). ``deduplicate=False`` lets BullMQ
+    generate job ids (every enqueue is a new job). ``job_options`` are merged into every job's
+    options; ``worker_options`` into the BullMQ ``Worker`` options. Other keyword arguments go to
+    :class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        queue_native_retries=True,
+        delayed_delivery=True,
+        multi_process=True,
+        redelivery_on_crash=True,
+        dead_letter=True,
+        max_value_bytes=64 * 1024 * 1024,
+        extra={"bytes_counter": True},
+    )
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        queue_name: str = "flowcraft",
+        prefix: str = "flowcraft",
+        concurrency: int = 8,
+        retry_in_process: bool = True,
+        deduplicate: bool = True,
+        lock_duration: float = 30.0,
+        stalled_interval: float = 30.0,
+        max_stalled_count: int = 10,
+        retention_seconds: float | None = 7 * 24 * 3600,
+        shards: int = 16,
+        cache_runs: int = 256,
+        job_options: Mapping[str, Any] | None = None,
+        worker_options: Mapping[str, Any] | None = None,
+        stats: RedisStoreStats | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.url = url
+        self.queue_name = queue_name
+        self.prefix = prefix
+        self.concurrency = concurrency
+        self.retry_in_process = retry_in_process
+        self.deduplicate = deduplicate
+        self.lock_duration = lock_duration
+        self.stalled_interval = stalled_interval
+        self.max_stalled_count = max_stalled_count
+        self.job_options: dict[str, Any] = {
+            "removeOnComplete": dict(DEFAULT_REMOVE_ON_COMPLETE),
+            "removeOnFail": dict(DEFAULT_REMOVE_ON_FAIL),
+            **dict(job_options or {}),
+        }
+        self.worker_options = dict(worker_options or {})
+        self.redis = connect(url)
+        self.store = RedisStateStore(
+            self.redis,
+            prefix=f"{prefix}:state:",
+            shards=shards,
+            retention_seconds=retention_seconds,
+            max_value_bytes=self.capabilities.max_value_bytes,
+            stats=stats,
+            cache_runs=cache_runs,
+        )
+        kwargs.setdefault("coordination_store", self.store.coordination)
+        super().__init__(**kwargs)
+        self._queue: Queue | None = None
+        self._worker: Worker | None = None
+        self._stopping = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._close_task: asyncio.Future[None] | None = None
+        self.dead_lettered: list[tuple[str, str]] = []
+        """``(job data, reason)`` of every job this adapter dead-lettered (also in BullMQ's
+        failed set)."""
+
+    # -- BaseDistributedAdapter ----------------------------------------------------------------
+
+    async def create_context(self, run_id: str) -> RedisRunContext:
+        """The run's hash in Redis."""
+        return self.store.context(run_id)
+
+    @property
+    def queue(self) -> Queue:
+        """The BullMQ queue jobs are added to (created on first use)."""
+        if self._queue is None:
+            client = aioredis.Redis.from_url(self.url, decode_responses=True)
+            self._queue = Queue(self.queue_name, {"connection": client, "prefix": self.prefix})
+        return self._queue
+
+    async def enqueue_job(
+        self, job: JobPayload, *, delay: float = 0.0, options: Mapping[str, Any] | None = None
+    ) -> None:
+        """Add ``job`` to the BullMQ queue (after ``delay`` s); ``options`` are BullMQ job
+        options (``attempts``/``backoff`` from :meth:`get_queue_retry_options`)."""
+        opts: dict[str, Any] = dict(self.job_options)
+        delay_ms = math.ceil(delay * 1000) if delay > 0 else 0
+        if delay_ms:
+            opts["delay"] = delay_ms
+        if options:
+            opts.update(options)
+        if self.deduplicate:
+            wake = int(time.time() * 1000) + delay_ms if job.kind == "timer" else None
+            opts["jobId"] = job_id_for(job, generation=_GENERATION.get(), wake_ms=wake)
+        await self.queue.add(job.node_id, job.to_wire(), opts)
+
+    async def publish_final_result(self, run_id: str, result: Mapping[str, Any]) -> None:
+        """Announce the final status on the run's pub/sub channel (waiting clients wake up;
+        the result itself is the run's hash, readable until its retention ends)."""
+        await self.store.publish_final(run_id, str(result.get("status")))
+
+    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
+        """Wait for the run's final-result notification (no busy polling)."""
+
+        async def is_final() -> bool:
+            rec = await (await self.create_context(run_id)).get(RUN_KEY)
+            if not isinstance(rec, Mapping):
+                raise KeyError(f"no run {run_id!r}")
+            return rec.get("status") in FINAL_STATUSES
+
+        await self.store.wait_final(run_id, is_final, timeout)
+
+    async def list_active_runs(
+        self, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        """Non-final runs from the Redis active-run index (paged, oldest progress first)."""
+        return await self.store.list_active_runs(cursor, limit)
+
+    async def reconcile(self, run_id: str) -> list[str]:
+        """See BaseDistributedAdapter; jobs enqueued by this pass get a fresh generation in
+        their ids, so retained (completed or failed) jobs never swallow the recovery."""
+        token = _GENERATION.set(f"r{time.time_ns() // 1000:x}")
+        try:
+            return await super().reconcile(run_id)
+        finally:
+            _GENERATION.reset(token)
+
+    # -- retries -----------------------------------------------------------------------------
+
+    def should_retry_in_process(self, node: NodeDefinition) -> bool:
+        """``retry_in_process`` (constructor option); False delegates attempts to BullMQ."""
+        return self.retry_in_process
+
+    def get_queue_retry_options(self, node: NodeDefinition) -> Mapping[str, Any] | None:
+        """BullMQ ``attempts``/``backoff`` equal to the node's retry policy: BullMQ's own
+        ``fixed``/``exponential`` when they express it exactly, else the ``flowcraft``
+        strategy (jitter, ``maxRetryDelay`` cap)."""
+        cfg = node.config
+        attempts = max(int(cfg.max_retries), 1)
+        opts: dict[str, Any] = {"attempts": attempts}
+        if cfg.retry_delay > 0:
+            delay = int(cfg.retry_delay)
+            biggest = delay * (2 ** max(attempts - 2, 0)) if cfg.backoff == "exponential" else delay
+            exact = not cfg.jitter and biggest <= cfg.max_retry_delay and delay == cfg.retry_delay
+            kind = cfg.backoff if exact else BACKOFF_STRATEGY
+            opts["backoff"] = {"type": kind, "delay": delay}
+        return opts
+
+    def _backoff(self, attempts_made: int, type_: str, err: Any, job: Any) -> int:
+        """The ``flowcraft`` BullMQ backoff strategy (milliseconds)."""
+        data = getattr(job, "data", None)
+        if isinstance(data, Mapping):
+            bp = self._blueprint(str(data.get("blueprintId")))
+            node_id = str(data.get("nodeId")).split("[", 1)[0]  # batch item 'node[i]'
+            with contextlib.suppress(KeyError):
+                if bp is not None:
+                    cfg = bp.node(node_id).config
+                    return max(1, round(retry_delay(cfg, attempts_made) * 1000))
+        opts = getattr(job, "opts", None) or {}
+        return int((opts.get("backoff") or {}).get("delay") or 0)
+
+    # -- worker ------------------------------------------------------------------------------
+
+    def _worker_opts(self) -> dict[str, Any]:
+        return {
+            "connection": self.url,
+            "prefix": self.prefix,
+            "concurrency": self.concurrency,
+            "autorun": False,
+            "lockDuration": max(1, round(self.lock_duration * 1000)),
+            "stalledInterval": max(1, round(self.stalled_interval * 1000)),
+            "maxStalledCount": self.max_stalled_count,
+            "settings": {"backoffStrategy": self._backoff},
+            **self.worker_options,
+        }
+
+    async def process_jobs(self, handler: JobHandler) -> None:
+        """Run a BullMQ ``Worker`` on the queue until :meth:`stop`; returns once every job
+        it started has finished."""
+        if self._stopping:
+            return
+
+        async def processor(job: Job, token: str) -> Any:
+            task = asyncio.current_task()
+            if task is not None:
+                self._inflight.add(task)
+            try:
+                return await self._on_job(handler, job, token)
+            finally:
+                if task is not None:
+                    self._inflight.discard(task)
+
+        self._worker = Worker(self.queue_name, processor, self._worker_opts())
+        blocking = getattr(self._worker.backend, "blocking_connection", None)
+        if blocking is not None:
+            # BullMQ reads the server version only on its main connection, so the blocking
+            # wait for delayed jobs would round its timeout up to whole seconds: a 50 ms
+            # backoff or sleep would wake up to 1 s late. Probe the blocking connection too.
+            with contextlib.suppress(Exception):
+                await blocking.getRedisVersion()
+        try:
+            await self._worker.run()
+        except asyncio.CancelledError:
+            # stop() cancels the worker's idle fetches; BullMQ's loop re-raises that
+            # cancellation. Only a cancellation of this task itself is propagated.
+            task = asyncio.current_task()
+            if self._close_task is None or (task is not None and task.cancelling()):
+                raise
+        finally:
+            await self._drain()
+            if self._close_task is not None:
+                await asyncio.shield(self._close_task)
+
+    async def _drain(self) -> None:
+        """Wait for the jobs being processed, then for BullMQ to ack them (bounded by the
+        lock duration: an ack that cannot happen leaves the job to the stalled check)."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
+        w = self._worker
+        limit = time.monotonic() + self.lock_duration
+        # BullMQ signals no "job acked" event we could await; shutdown only, so poll.
+        while w is not None and w.jobs and time.monotonic() < limit:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    async def _on_job(self, handler: JobHandler, bjob: Job, token: str) -> Any:
+        data = bjob.data
+        try:
+            payload = JobPayload.parse(data if isinstance(data, str | bytes | dict) else "")
+        except InvalidJobError as exc:
+            self._dead_letter(data, str(exc))
+            raise UnrecoverableError(str(exc)) from None
+        attempts = int((bjob.opts or {}).get("attempts") or 0)
+        made = int(bjob.attemptsMade or 0)
+        native = attempts > 1
+        if native:
+            payload = payload.model_copy(
+                update={
+                    "attempt": payload.attempt + made,
+                    "is_last_attempt": made + 1 >= attempts,
+                }
+            )
+        try:
+            await handler(payload)
+        except RetryJob as exc:
+            if native and made + 1 < attempts and exc.job.attempt == payload.attempt + 1:
+                raise NodeAttemptFailed(exc.reason) from None  # BullMQ retries with backoff
+            await self.enqueue_job(exc.job, delay=exc.delay)
+        except InvalidJobError as exc:
+            self._dead_letter(data, str(exc))
+            raise UnrecoverableError(str(exc)) from None
+        except SimulatedCrash:
+            # A dead process completes nothing: leave the job active; once its lock expires
+            # BullMQ's stalled-job check hands it to a worker again.
+            raise DelayedError() from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stopping and self._worker is not None and self._worker.forceClosing:
+                raise
+            if task is not None:
+                task.uncancel()
+            log.info("job %s cancelled with its run", payload.job_id)
+        except Exception:
+            # Infrastructure trouble (not a node failure: those are outcomes): redeliver later
+            # without spending one of the job's attempts.
+            delay = min(0.05 * 2 ** min(int(getattr(bjob, "attemptsStarted", 0) or 0), 7), 5.0)
+            log.exception("job %s failed; redelivering in %.2f s", payload.job_id, delay)
+            await bjob.moveToDelayed(int((time.time() + delay) * 1000), token)
+            raise DelayedError() from None
+        return None
+
+    def _dead_letter(self, data: Any, reason: str) -> None:
+        text = data if isinstance(data, str) else json.dumps(data, default=str)
+        log.error("dead-lettering job %s: %s", text[:200], reason)
+        self.dead_lettered.append((text, reason))
+
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        """``(job data as text, reason)`` of every job in the queue's failed set (dead
+        letters and jobs that exhausted their BullMQ attempts)."""
+        out = []
+        for j in await self.queue.getJobs(["failed"]):
+            d = j.data
+            out.append((d if isinstance(d, str) else json.dumps(d), str(j.failedReason or "")))
+        return out
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    async def stop(self) -> None:
+        """Stop taking jobs; jobs in progress finish first, then the worker's connections
+        close. (BullMQ's own graceful ``close()`` can wait forever on an idle fetch when
+        ``concurrency > 1``, so the idle fetches are cancelled once the active jobs are done;
+        the close runs in its own task, so cancelling the caller cannot interrupt it.)"""
+        self._stopping = True
+        if self._worker is None:
+            return
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close_worker(self._worker))
+        await asyncio.shield(self._close_task)
+
+    async def _close_worker(self, w: Worker) -> None:
+        w.closing = True  # the worker loop starts no new fetch
+        if w.waiting is not None:
+            w.waiting.cancel()
+        await self._drain()
+        await w.close(force=True)
+
+    async def aclose(self) -> None:
+        """Stop (if working) and close every Redis connection of this adapter."""
+        await self.stop()
+        if self._queue is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.close()
+            self._queue = None
+        await self.store.aclose()
+        await self.redis.aclose()
+
+
+_URL_OPTIONS: Final = {
+    "queue": ("queue_name", str),
+    "prefix": ("prefix", str),
+    "concurrency": ("concurrency", int),
+    "shards": ("shards", int),
+}
+
+
+def from_url(url: str, **kwargs: Any) -> BullMQAdapter:
+    """Entry point of the ``redis``/``rediss``/``bullmq`` backend schemes:
+    ``redis://host:port/db?queue=NAME&prefix=PREFIX&concurrency=N`` (``bullmq://`` is an
+    alias of ``redis://``). Query options override keyword arguments."""
+    parts = urlsplit(url)
+    scheme = "redis" if parts.scheme == "bullmq" else parts.scheme
+    query = []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in _URL_OPTIONS:
+            name, conv = _URL_OPTIONS[k]
+            kwargs[name] = conv(v)
+        else:
+            query.append((k, v))
+    redis_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
+    return BullMQAdapter(redis_url, **kwargs)
+
+
+__all__ = [
+    "BACKOFF_STRATEGY",
+    "BullMQAdapter",
+    "NodeAttemptFailed",
+    "from_url",
+    "job_id_for",
+]
