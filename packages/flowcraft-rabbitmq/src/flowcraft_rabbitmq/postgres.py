@@ -45,6 +45,7 @@ import psycopg
 from flowcraft.context import PatchOperation
 from flowcraft.distributed.codec import decode_value, encode_value
 from flowcraft.distributed.contracts import Snapshot
+from flowcraft.distributed.notify import FinalResultWatcher
 from flowcraft.distributed.statekeys import RUN_KEY
 from flowcraft.state import FINAL_STATUSES
 from psycopg import sql
@@ -502,65 +503,27 @@ class PostgresRunStore:
                     await asyncio.wait_for(ev.wait(), wait)
 
 
-class _FinalWatcher:
+class _FinalWatcher(FinalResultWatcher):
     """One LISTEN connection per store, fanned out to the runs being waited for."""
 
+    ready_timeout = 30.0
+
     def __init__(self, conninfo: str, channel: str) -> None:
+        super().__init__()
         self._conninfo = conninfo
         self._channel = channel
-        self._waiting: dict[str, list[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Event | None = None
 
-    @contextlib.asynccontextmanager
-    async def watch(self, run_id: str) -> Any:
-        ev = asyncio.Event()
-        self._waiting.setdefault(run_id, []).append(ev)
+    async def listen(self, ready: asyncio.Event) -> None:
+        """See :meth:`FinalResultWatcher.listen`."""
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         try:
-            await self._ensure()
-            yield ev
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+            ready.set()
+            async for note in conn.notifies():
+                self.notify(note.payload)
         finally:
-            evs = self._waiting.get(run_id, [])
-            if ev in evs:
-                evs.remove(ev)
-            if not evs:
-                self._waiting.pop(run_id, None)
-
-    async def _ensure(self) -> None:
-        if self._task is None or self._task.done():
-            self._ready = asyncio.Event()
-            self._task = asyncio.create_task(self._listen(self._ready), name="flowcraft-pg-final")
-        assert self._ready is not None
-        await asyncio.wait_for(self._ready.wait(), 30)
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                try:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    ready.set()
-                    async for note in conn.notifies():
-                        for ev in self._waiting.get(note.payload, ()):
-                            ev.set()
-                finally:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("final-run LISTEN connection lost; reconnecting", exc_info=True)
-                for evs in self._waiting.values():
-                    for ev in evs:
-                        ev.set()  # waiters re-check the run's status
-                await asyncio.sleep(0.2)
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 class _RunGate:

@@ -51,6 +51,7 @@ import redis.asyncio as aioredis
 from ..context import PatchOperation
 from ..distributed.codec import decode_value, encode_value
 from ..distributed.contracts import Snapshot
+from ..distributed.notify import FinalResultWatcher
 from ..distributed.statekeys import RUN_KEY
 from ..state import FINAL_STATUSES
 
@@ -652,71 +653,31 @@ class RedisStateStore:
             self._watcher = None
 
 
-class _FinalWatcher:
+class _FinalWatcher(FinalResultWatcher):
     """One pattern subscription per store, fanned out to the runs being waited for."""
 
     def __init__(self, client: aioredis.Redis, layout: RedisKeyLayout) -> None:
+        super().__init__()
         self._client = client
         self._layout = layout
-        self._waiting: dict[str, list[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Event | None = None
 
-    @contextlib.asynccontextmanager
-    async def watch(self, run_id: str) -> Any:
-        ev = asyncio.Event()
-        self._waiting.setdefault(run_id, []).append(ev)
-        try:
-            await self._ensure()
-            yield ev
-        finally:
-            evs = self._waiting.get(run_id, [])
-            if ev in evs:
-                evs.remove(ev)
-            if not evs:
-                self._waiting.pop(run_id, None)
-
-    async def _ensure(self) -> None:
-        if self._task is None or self._task.done():
-            self._ready = asyncio.Event()
-            self._task = asyncio.create_task(self._listen(self._ready), name="flowcraft-final")
-        assert self._ready is not None
-        await asyncio.wait_for(self._ready.wait(), 10)
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        pattern = self._layout.final_channel("*")
+    async def listen(self, ready: asyncio.Event) -> None:
+        """See :meth:`FinalResultWatcher.listen`."""
         prefix_len = len(self._layout.final_channel(""))
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.psubscribe(pattern)
-                ready.set()
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if msg is None or msg.get("type") != "pmessage":
-                        continue
-                    ch = msg["channel"]
-                    ch = ch.decode("utf-8") if isinstance(ch, bytes) else str(ch)
-                    for ev in self._waiting.get(ch[prefix_len:], ()):
-                        ev.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("final-result subscription lost; resubscribing", exc_info=True)
-                for evs in self._waiting.values():
-                    for ev in evs:
-                        ev.set()  # waiters re-check the run's status
-                await asyncio.sleep(0.2)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.psubscribe(self._layout.final_channel("*"))
+            ready.set()
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if msg is None or msg.get("type") != "pmessage":
+                    continue
+                ch = msg["channel"]
+                ch = ch.decode("utf-8") if isinstance(ch, bytes) else str(ch)
+                self.notify(ch[prefix_len:])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 __all__ = [
