@@ -29,12 +29,20 @@ EXPECTED_OUTPUTS = {"a": 1, "b": 2, "c": 2, "d": 5, "e": 6}
 
 
 async def _supervised_run(
-    redis_url: str, prefix: str, tmp: Path, env: dict[str, str], workers: int = 2
+    redis_url: str,
+    prefix: str,
+    tmp: Path,
+    env: dict[str, str],
+    workers: int = 2,
+    inline: int | None = None,
 ) -> tuple[Any, int]:
     """Run ``killme`` with ``workers`` supervised worker processes; returns the result and
     how many workers died. Afterwards every live worker gets SIGTERM and must exit cleanly
-    (exit code 0) within 20 s: a graceful stop that drains and closes."""
+    (exit code 0) within 20 s: a graceful stop that drains and closes. ``inline`` overrides
+    the workers' ``inline_successors``."""
     url = f"{redis_url}?queue=kill&prefix={prefix}"
+    if inline is not None:
+        url += f"&inline={inline}"
     env = {"FC_TEST_DIR": str(tmp), **env}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -131,26 +139,36 @@ async def test_sigkill_mid_node(redis_url: str, unique_prefix: str, tmp_path: Pa
         assert ex.count((n, "start")) == 1
 
 
+_STEP_KILLS = [
+    ("after_receive", "d", 0),
+    ("after_execute", "c", 0),
+    ("before_commit", "c", 0),
+    ("after_commit", "c", 0),
+    ("between_enqueues", "a", 0),
+    # Inline successors (the default): the killed node runs inside another node's job, and
+    # that job's redelivery recovers it. (Receiving and enqueueing are steps of delivered
+    # jobs only.)
+    ("before_execute", "b", 64),
+    ("after_execute", "c", 64),
+    ("before_commit", "c", 64),
+    ("after_commit", "d", 64),
+    ("before_execute", "e", 64),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("point", "node"),
-    [
-        ("after_receive", "d"),
-        ("after_execute", "c"),
-        ("before_commit", "c"),
-        ("after_commit", "c"),
-        ("between_enqueues", "a"),
-    ],
-)
+@pytest.mark.parametrize(("point", "node", "inline"), _STEP_KILLS)
 async def test_sigkill_at_step_point(
-    redis_url: str, unique_prefix: str, tmp_path: Path, point: str, node: str
+    redis_url: str, unique_prefix: str, tmp_path: Path, point: str, node: str, inline: int
 ) -> None:
+    """A worker process SIGKILLs itself when ``node`` reaches ``point``, with every node a job
+    (``inline=0``) or with inline successors (``inline=64``)."""
     env = {"FC_KILL_AT_POINT": point, "FC_KILL_POINT_NODE": node}
-    result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, env)
+    result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, env, inline=inline)
     _assert_exact(result)
     assert deaths == 1
     ex = _executions(tmp_path)
     committed_before_kill = point in ("after_commit", "between_enqueues")
-    ran_before_kill = point != "after_receive"
+    ran_before_kill = point not in ("after_receive", "before_execute")
     expected_runs = 1 if committed_before_kill or not ran_before_kill else 2
     assert ex.count((node, "end")) == expected_runs

@@ -70,3 +70,16 @@ class TestSqliteConformance(AdapterConformanceSuite):
             sum(b.commits for b in backend.backends),
             sum(b.bytes_written for b in backend.backends),
         )
+
+
+class TestSqliteInlineConformance(TestSqliteConformance):
+    """The same scenarios with inline successors (up to 8 per delivered job): SQLite has no
+    atomic commit-and-lease, so the successor's lease is taken after the commit and the run
+    read again before it runs."""
+
+    async def make_worker(
+        self, backend: Any, runtime_options: dict[str, Any], **adapter_kwargs: Any
+    ) -> BaseDistributedAdapter:
+        """A SQLite worker that runs up to 8 successors inline per job."""
+        adapter_kwargs.setdefault("inline_successors", 8)
+        return await super().make_worker(backend, runtime_options, **adapter_kwargs)

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -141,6 +141,7 @@ class BullMQAdapter(BaseDistributedAdapter):
         job_options: Mapping[str, Any] | None = None,
         worker_options: Mapping[str, Any] | None = None,
         stats: RedisStoreStats | None = None,
+        inline_successors: int = 64,
         **kwargs: Any,
     ) -> None:
         if concurrency < 1:
@@ -171,7 +172,7 @@ class BullMQAdapter(BaseDistributedAdapter):
             cache_runs=cache_runs,
         )
         kwargs.setdefault("coordination_store", self.store.coordination)
-        super().__init__(**kwargs)
+        super().__init__(inline_successors=inline_successors, **kwargs)
         self._queue: Queue | None = None
         self._worker: Worker | None = None
         self._stopping = False
@@ -195,11 +196,9 @@ class BullMQAdapter(BaseDistributedAdapter):
             self._queue = Queue(self.queue_name, {"connection": client, "prefix": self.prefix})
         return self._queue
 
-    async def enqueue_job(
-        self, job: JobPayload, *, delay: float = 0.0, options: Mapping[str, Any] | None = None
-    ) -> None:
-        """Add ``job`` to the BullMQ queue (after ``delay`` s); ``options`` are BullMQ job
-        options (``attempts``/``backoff`` from :meth:`get_queue_retry_options`)."""
+    def _job_opts(
+        self, job: JobPayload, delay: float, options: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         opts: dict[str, Any] = dict(self.job_options)
         delay_ms = math.ceil(delay * 1000) if delay > 0 else 0
         if delay_ms:
@@ -209,7 +208,25 @@ class BullMQAdapter(BaseDistributedAdapter):
         if self.deduplicate:
             wake = int(time.time() * 1000) + delay_ms if job.kind == "timer" else None
             opts["jobId"] = job_id_for(job, generation=_GENERATION.get(), wake_ms=wake)
-        await self.queue.add(job.node_id, job.to_wire(), opts)
+        return opts
+
+    async def enqueue_job(
+        self, job: JobPayload, *, delay: float = 0.0, options: Mapping[str, Any] | None = None
+    ) -> None:
+        """Add ``job`` to the BullMQ queue (after ``delay`` s); ``options`` are BullMQ job
+        options (``attempts``/``backoff`` from :meth:`get_queue_retry_options`)."""
+        await self.queue.add(job.node_id, job.to_wire(), self._job_opts(job, delay, options))
+
+    async def enqueue_jobs(
+        self, jobs: Sequence[tuple[JobPayload, Mapping[str, Any] | None]]
+    ) -> None:
+        """Add several jobs in one ``addBulk`` (one pipeline) instead of one request each."""
+        await self.queue.addBulk(
+            [
+                {"name": j.node_id, "data": j.to_wire(), "opts": self._job_opts(j, 0.0, o)}
+                for j, o in jobs
+            ]
+        )
 
     async def publish_final_result(self, run_id: str, result: Mapping[str, Any]) -> None:
         """Announce the final status on the run's pub/sub channel (waiting clients wake up;
@@ -439,12 +456,13 @@ _URL_OPTIONS: Final = {
     "prefix": ("prefix", str),
     "concurrency": ("concurrency", int),
     "shards": ("shards", int),
+    "inline": ("inline_successors", int),
 }
 
 
 def from_url(url: str, **kwargs: Any) -> BullMQAdapter:
     """Entry point of the ``redis``/``rediss``/``bullmq`` backend schemes:
-    ``redis://host:port/db?queue=NAME&prefix=PREFIX&concurrency=N`` (``bullmq://`` is an
+    ``redis://host:port/db?queue=NAME&prefix=PREFIX&concurrency=N&inline=N`` (``bullmq://`` is an
     alias of ``redis://``). Query options override keyword arguments."""
     parts = urlsplit(url)
     scheme = "redis" if parts.scheme == "bullmq" else parts.scheme

@@ -153,7 +153,7 @@ def _truthy(value: Any) -> bool:
 class Kernel:
     """Applies node outcomes to a run state; returns the activations they make ready."""
 
-    __slots__ = ("collect", "ctx", "emit", "ops", "plan", "state")
+    __slots__ = ("_owned", "collect", "ctx", "emit", "ops", "plan", "shared_inputs", "state")
 
     def __init__(
         self,
@@ -163,6 +163,7 @@ class Kernel:
         emit: Emit | None = None,
         *,
         collect_ops: bool = False,
+        shared_inputs: bool = False,
     ) -> None:
         self.plan = plan
         self.state = state
@@ -170,23 +171,50 @@ class Kernel:
         self.emit = emit
         self.collect = collect_ops
         self.ops: list[PatchOperation] = []
+        # shared_inputs: the delivery slots in state.inputs may be shared with another copy of
+        # the state (a worker's cached run), so each slot is copied before its first change.
+        self.shared_inputs = shared_inputs
+        self._owned: set[str] = set()
         self._init_nodes()
 
     # -- setup -------------------------------------------------------------------------------
 
     def _init_nodes(self) -> None:
+        """Make sure every node has a record. Join counters of a fresh run are the in-degrees;
+        otherwise they are counted lazily, when an edge into the node resolves, so building a
+        kernel over a large stored run costs nothing per node."""
         nodes = self.state.nodes
+        in_forward = self.plan.in_forward
+        if len(nodes) < len(in_forward):
+            for nid in in_forward:
+                if nid not in nodes:
+                    nodes[nid] = NodeState()
+        if not self.state.edges:
+            for nid, ins in in_forward.items():
+                ns = nodes[nid]
+                if not ns.counted:
+                    ns.unresolved = len(ins)
+                    ns.taken = 0
+                    ns.counted = True
+
+    def _count(self, ns: NodeState, node_id: str) -> None:
         edges = self.state.edges
-        for nid, ins in self.plan.in_forward.items():
-            ns = nodes.get(nid)
-            if ns is None:
-                ns = nodes[nid] = NodeState()
-            if not edges:
-                ns.unresolved = len(ins)
-                ns.taken = 0
-            else:
-                ns.unresolved = sum(1 for e in ins if e.key not in edges)
-                ns.taken = sum(1 for e in ins if edges.get(e.key))
+        ins = self.plan.in_forward[node_id]
+        ns.unresolved = sum(1 for e in ins if e.key not in edges)
+        ns.taken = sum(1 for e in ins if edges.get(e.key))
+        ns.counted = True
+
+    def _slot(self, node_id: str) -> dict[str, Any]:
+        """The delivery slot of ``node_id``, safe to change."""
+        inputs = self.state.inputs
+        slot = inputs.get(node_id)
+        if slot is None:
+            slot = inputs[node_id] = {}
+        elif self.shared_inputs and node_id not in self._owned:
+            slot = inputs[node_id] = dict(slot)
+        if self.shared_inputs:
+            self._owned.add(node_id)
+        return slot
 
     def start(self) -> list[Activation]:
         """Activate the start nodes of a fresh run."""
@@ -351,18 +379,18 @@ class Kernel:
             resolved[e.key] = taken
             t = e.target
             ts = nodes[t]
-            ts.unresolved -= 1
+            if ts.counted:
+                ts.unresolved -= 1
+                if taken:
+                    ts.taken += 1
+            else:
+                self._count(ts, t)
             if taken:
-                ts.taken += 1
-                slot = st.inputs.get(t)
-                if slot is None:
-                    st.inputs[t] = {e.source: value}
-                else:
-                    slot[e.source] = value
+                self._slot(t)[e.source] = value
             if ts.status != "pending":
                 continue
             if taken and t in join_any:
-                st.inputs[t][EXPLICIT_INPUT] = value  # first arrival wins, also after reload
+                self._slot(t)[EXPLICIT_INPUT] = value  # first arrival wins, also after reload
                 self._activate(t, value, acts, e.source)
             elif ts.unresolved <= 0:
                 if ts.taken:
@@ -424,16 +452,13 @@ class Kernel:
             st.batches.pop(n, None)
             for e in plan.out_edges[n]:
                 st.edges.pop(e.key, None)
-            slot = st.inputs.get(n)
-            if slot:
+            if st.inputs.get(n):
+                slot = self._slot(n)
                 for src in [s for s in slot if s in body or s == EXPLICIT_INPUT]:
                     del slot[src]
         for n in body:
-            ns = st.nodes[n]
-            ins = plan.in_forward[n]
-            ns.unresolved = sum(1 for e in ins if e.key not in st.edges)
-            ns.taken = sum(1 for e in ins if st.edges.get(e.key))
-        st.inputs.setdefault(target, {})[EXPLICIT_INPUT] = value
+            st.nodes[n].counted = False  # recounted when an edge into it resolves
+        self._slot(target)[EXPLICIT_INPUT] = value
         self._activate(target, value, acts, controller)
 
     def on_failed(

@@ -52,6 +52,8 @@ class NodeState:
     error: dict[str, Any] | None = None
     unresolved: int = 0
     taken: int = 0
+    counted: bool = field(default=False, compare=False)
+    """True when ``unresolved``/``taken`` are current (the kernel counts lazily)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Compact JSON form (counters are derived, not stored)."""

@@ -618,7 +618,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
 
     async def _lease_alive(self, job: JobPayload) -> bool:
         key = self._lease_key(job.run_id, job.node_id, job.iteration)
-        return await self.coordination.get(key) is not None
+        return await self._lease_held(job.run_id, key)
 
     async def _too_many_redeliveries(self, message: AbstractIncomingMessage) -> bool:
         mid = message.message_id or hashlib.sha1(message.body).hexdigest()

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +61,7 @@ from .contracts import (
     Snapshot,
     delete_if_equals,
 )
+from .view import Changes, IncrementalContext, RunView, SnapshotContext, clone
 
 log = logging.getLogger("flowcraft.distributed")
 
@@ -105,6 +108,36 @@ def _split_job_node(node_id: str) -> tuple[str, int]:
     return node_id, -1
 
 
+class _Lease:
+    """A node lease held by one delivery: ``key``, ``token``; ``released`` once given back."""
+
+    __slots__ = ("key", "released", "token")
+
+    def __init__(self, key: str, token: str) -> None:
+        self.key = key
+        self.token = token
+        self.released = False
+
+
+def _incremental(ctx: DistributedContext) -> IncrementalContext | None:
+    return ctx if isinstance(ctx, IncrementalContext) else None
+
+
+@dataclass(slots=True)
+class _Next:
+    """A successor to run inline: its activation, job payload and the lease already taken."""
+
+    view: RunView
+    plan: Plan
+    act: Activation
+    job: JobPayload
+    lease: _Lease
+
+
+class _LeaseHeld(Exception):
+    """The node's lease is held by another delivery."""
+
+
 class _DistributedRuntime(FlowRuntime):
     """The runtime used by workers: subflows become child runs instead of in-process runs."""
 
@@ -124,6 +157,9 @@ class BaseDistributedAdapter(ABC):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities()
+    view_errors: ClassVar[list[str]] = []
+    """Mismatches found with ``FLOWCRAFT_VERIFY_VIEWS=1`` (a test-suite check that a worker's
+    cached run and its incremental commits equal a full re-read and a full diff)."""
     final_marker_ttl: ClassVar[float] = 7 * 24 * 3600.0
     """How long the "result published" marker of a final run is kept (seconds); a job of the
     run arriving later than this re-publishes the result once more."""
@@ -138,6 +174,8 @@ class BaseDistributedAdapter(ABC):
         version_requeue_limit: int = 20,
         version_requeue_delay: float = 1.0,
         worker_id: str | None = None,
+        view_cache: int = 256,
+        inline_successors: int = 0,
     ) -> None:
         opts = dict(runtime_options or {})
         self.runtime = _DistributedRuntime(**opts)
@@ -149,6 +187,14 @@ class BaseDistributedAdapter(ABC):
         self.version_requeue_delay = version_requeue_delay
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.fault_hook: Callable[[str, JobPayload | None], Awaitable[None] | None] | None = None
+        self.view_cache = view_cache
+        self.verify_views = os.environ.get("FLOWCRAFT_VERIFY_VIEWS") == "1"
+        """How many runs this worker keeps decoded between jobs (0: decode every job)."""
+        self._views: OrderedDict[str, RunView] = OrderedDict()
+        self.inline_successors = inline_successors
+        """How many successor nodes one delivered job may run right after its own node, in
+        this worker, instead of sending them through the queue (0: never). See
+        docs/distributed.md, "Inline successors"."""
 
     # -- what adapters implement -------------------------------------------------------------
 
@@ -237,6 +283,12 @@ class BaseDistributedAdapter(ABC):
     async def start(self) -> None:
         """Consume jobs: ``process_jobs(handle_job)``."""
         await self.process_jobs(self.handle_job)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (adapters override this): a stopping worker
+        finishes its running nodes but starts no inline successor; those are enqueued."""
+        return False
 
     async def stop(self) -> None:
         """Stop consuming; jobs in progress finish. Adapters override this."""
@@ -342,11 +394,10 @@ class BaseDistributedAdapter(ABC):
     ) -> None:
         """Complete an awaiting node (a ``wait``) with ``output``, routing on ``action``."""
         ctx = await self.create_context(run_id)
-        snap = await ctx.load()
-        dec = sk.decode(snap.data)
-        if dec is None:
+        view = await self._view(ctx, run_id)
+        if view is None:
             raise KeyError(f"no run {run_id!r}")
-        st, _ = dec
+        st = view.state
         if not st.awaiting:
             raise ResumeError(f"run {run_id!r} is {st.status!r}, not awaiting", execution_id=run_id)
         bp = self._blueprint(st.blueprint_id)
@@ -369,7 +420,7 @@ class BaseDistributedAdapter(ABC):
             output = details.get("input")
         act = Activation(node_id, None, NODE, iteration=st.nodes[node_id].iteration)
         await self._commit_outcome(
-            ctx, snap, plan, act, (_OUTCOME_RESUME, NodeResult(output, action)), {}, None
+            ctx, view, plan, act, (_OUTCOME_RESUME, NodeResult(output, action)), {}, None
         )
 
     async def cancel(self, run_id: str) -> bool:
@@ -405,56 +456,201 @@ class BaseDistributedAdapter(ABC):
         t0 = time.perf_counter()
         await self.on_job_start(job)
         await self._fault("after_receive", job)
+        ctx = await self.create_context(job.run_id)
         if job.kind == "timer":
-            await self._process(job, None)
+            await self._process(ctx, job, None)
             return
-        # Take the node's lease BEFORE reading the run: a delivery that read the run before
-        # another delivery's commit could otherwise execute the node a second time.
-        lease_key = self._lease_key(job.run_id, job.node_id, job.iteration)
-        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
-        if not await self.coordination.set_if_not_exist(lease_key, token, self.lease_seconds):
-            # Someone is executing this node right now; look again after their lease.
-            raise RetryJob(
-                job.model_copy(update={"requeues": job.requeues + 1}),
-                self.lease_seconds / 2,
-                "node is leased by another worker",
-            )
-        crashed = False
-        try:
-            ran = await self._process(job, lease_key)
-        except SimulatedCrash:
-            crashed = True  # a dead process releases nothing: the lease must expire
-            raise
-        finally:
-            if not crashed:
-                await delete_if_equals(self.coordination, lease_key, token)
-        if ran:
-            await self._emit(
-                "job:processed",
-                {
-                    "runId": job.run_id,
-                    "blueprintId": job.blueprint_id,
-                    "nodeId": job.node_id,
-                    "duration": time.perf_counter() - t0,
-                    "success": True,
-                },
-            )
+        # The node's lease is taken BEFORE reading the run (in the same request where the
+        # store allows): a delivery that read the run before another delivery's commit could
+        # otherwise execute the node a second time.
+        lease = _Lease(
+            self._lease_key(job.run_id, job.node_id, job.iteration),
+            f"{self.worker_id}:{uuid.uuid4().hex[:8]}",
+        )
+        budget = self.inline_successors
+        step: _Next | None = None
+        while True:
+            crashed = False
+            try:
+                if step is None:
+                    ran, nxt = await self._process(ctx, job, lease, budget)
+                else:
+                    ran = True
+                    nxt = await self._run_job(
+                        ctx, step.view, step.plan, job, step.act, lease, budget
+                    )
+            except SimulatedCrash:
+                crashed = True  # a dead process releases nothing: the lease must expire
+                raise
+            finally:
+                if not crashed and not lease.released:
+                    await self._release_lease(ctx, lease)
+            if ran:
+                await self._emit(
+                    "job:processed",
+                    {
+                        "runId": job.run_id,
+                        "blueprintId": job.blueprint_id,
+                        "nodeId": job.node_id,
+                        "duration": time.perf_counter() - t0,
+                        "success": True,
+                    },
+                )
+            if nxt is None:
+                return
+            # Run the successor here: its lease was taken together with the commit.
+            step, job, lease, budget = nxt, nxt.job, nxt.lease, budget - 1
+            t0 = time.perf_counter()
 
     @staticmethod
     def _lease_key(run_id: str, job_node_id: str, iteration: int) -> str:
         return f"flowcraft:lease:{run_id}:{job_node_id}:{iteration}"
 
-    async def _process(self, job: JobPayload, lease_key: str | None) -> bool:
-        """Load the run and act on ``job``; True when a node was executed."""
-        ctx = await self.create_context(job.run_id)
-        snap = await ctx.load()
-        dec = sk.decode(snap.data)
-        if dec is None:
+    # -- leases and views --------------------------------------------------------------------
+
+    async def _release_lease(self, ctx: DistributedContext, lease: _Lease) -> None:
+        lease.released = True
+        inc = _incremental(ctx)
+        if inc is not None:
+            await inc.release_lease(lease.key, lease.token)
+        else:
+            await delete_if_equals(self.coordination, lease.key, lease.token)
+
+    async def _extend_lease(self, ctx: DistributedContext, key: str) -> None:
+        inc = _incremental(ctx)
+        if inc is not None:
+            await inc.extend_lease(key, self.lease_seconds)
+        else:
+            await self.coordination.extend_ttl(key, self.lease_seconds)
+
+    async def _lease_held(self, run_id: str, key: str) -> bool:
+        """True when some delivery holds the lease ``key`` of run ``run_id``."""
+        inc = _incremental(await self.create_context(run_id))
+        if inc is not None:
+            return await inc.lease_holder(key) is not None
+        return await self.coordination.get(key) is not None
+
+    def _cached_view(self, run_id: str) -> RunView | None:
+        views = self._views
+        view = views.get(run_id)
+        if view is not None:
+            views.move_to_end(run_id)
+        return view
+
+    def _keep_view(self, run_id: str, view: RunView) -> RunView:
+        if self.view_cache > 0:
+            views = self._views
+            views[run_id] = view
+            views.move_to_end(run_id)
+            while len(views) > self.view_cache:
+                views.popitem(last=False)
+        return view
+
+    async def _view(
+        self, ctx: DistributedContext, run_id: str, lease: _Lease | None = None
+    ) -> RunView | None:
+        """The run, current as of now (only what changed since this worker last saw it is
+        read when the store can tell). With ``lease``, the lease is taken first (in the same
+        request when possible): :class:`RetryJob`-worthy ``LookupError`` when it is held."""
+        view = self._cached_view(run_id)
+        inc = _incremental(ctx)
+        if inc is None:
+            if lease is not None and not await self.coordination.set_if_not_exist(
+                lease.key, lease.token, self.lease_seconds
+            ):
+                lease.released = True  # never held
+                raise _LeaseHeld()
+            snap = await ctx.load()
+            fresh = RunView.from_snapshot(snap)
+            if fresh is None:
+                return None
+            if view is None:
+                return self._keep_view(run_id, fresh)
+            view.reset(fresh)
+            return view
+        since, epoch = (view.version, view.epoch) if view is not None else (0, "")
+        ch = await inc.load_since(
+            since, epoch, (lease.key, lease.token, self.lease_seconds) if lease else None
+        )
+        if ch is None:
+            assert lease is not None
+            lease.released = True  # never held
+            raise _LeaseHeld()
+        if view is not None and view.apply(ch):
+            return view
+        return self._full_view(run_id, view, ch)
+
+    def _full_view(self, run_id: str, view: RunView | None, ch: Changes) -> RunView | None:
+        fresh = RunView.from_snapshot(Snapshot(ch.sets, ch.version), ch.epoch)
+        if fresh is None:
+            self._views.pop(run_id, None)
+            return None
+        if view is None:
+            return self._keep_view(run_id, fresh)
+        view.reset(fresh)
+        return view
+
+    async def _refresh(self, ctx: DistributedContext, view: RunView, run_id: str) -> bool:
+        """Bring ``view`` up to date after a lost compare-and-set; False when the run is gone."""
+        inc = _incremental(ctx)
+        if inc is None:
+            fresh = RunView.from_snapshot(await ctx.load())
+            if fresh is None:
+                return False
+            view.reset(fresh)
+            return True
+        ch = await inc.load_since(view.version, view.epoch)
+        assert ch is not None
+        if view.apply(ch):
+            return True
+        return self._full_view(run_id, view, ch) is not None
+
+    async def _commit(
+        self,
+        ctx: DistributedContext,
+        ops: list[PatchOperation],
+        expected: int,
+        lease: _Lease | None,
+        next_lease: _Lease | None = None,
+    ) -> tuple[bool, bool]:
+        """One conditional commit; releases ``lease`` with it and takes ``next_lease`` right
+        after it, in the same request where the store can. Returns (committed, whether
+        ``next_lease`` was taken with the run exactly as committed)."""
+        inc = _incremental(ctx)
+        if inc is not None and lease is not None and not lease.released:
+            nl = (next_lease.key, next_lease.token, self.lease_seconds) if next_lease else None
+            ok, _, got = await inc.commit_release(ops, expected, (lease.key, lease.token), nl)
+            if ok:
+                lease.released = True
+            return ok, got
+        if not await ctx.commit(ops, expected):
+            return False, False
+        # Without an atomic store request the run may change between the commit and the
+        # lease, so a successor is run inline only from a fresh read (not this commit).
+        return True, False
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def _process(
+        self, ctx: DistributedContext, job: JobPayload, lease: _Lease | None, budget: int = 0
+    ) -> tuple[bool, _Next | None]:
+        """Load the run and act on ``job``: (whether a node was executed, the successor to run
+        inline next)."""
+        try:
+            view = await self._view(ctx, job.run_id, lease)
+        except _LeaseHeld:
+            # Someone is executing this node right now; look again after their lease.
+            raise RetryJob(
+                job.model_copy(update={"requeues": job.requeues + 1}),
+                self.lease_seconds / 2,
+                "node is leased by another worker",
+            ) from None
+        if view is None:
             raise InvalidJobError(f"job for unknown run {job.run_id!r}")
-        state, rec = dec
+        state = view.state
         if state.status in FINAL_STATUSES:
-            await self._ensure_finalized(ctx, state, rec, job)
-            return False
+            await self._ensure_finalized(ctx, state, view.rec, job)
+            return False, None
         if job.blueprint_id != state.blueprint_id:
             raise InvalidJobError(
                 f"job names blueprint {job.blueprint_id!r} but run {job.run_id!r} is of "
@@ -463,68 +659,70 @@ class BaseDistributedAdapter(ABC):
         bp = self._blueprint(job.blueprint_id)
         if bp is None or bp.version != state.blueprint_version:
             await self._wrong_version(ctx, job, bp, state)
-            return False
+            return False, None
         plan, _ = self.runtime.prepare(bp)
         if job.kind == "timer":
-            await self._timer(ctx, snap, plan, state, job)
-            return False
+            await self._timer(ctx, view, plan, job)
+            return False, None
         base, index = _split_job_node(job.node_id)
         ns = state.nodes.get(base)
         if ns is None:
             raise InvalidJobError(f"job for unknown node {job.node_id!r} of {bp.id!r}")
         if job.iteration != ns.iteration:
-            return False  # a job of a finished loop iteration
+            return False, None  # a job of a finished loop iteration
         act = self._activation(plan, state, base, index)
-        if act is None or lease_key is None:
+        if act is None or lease is None:
             await self._republish(plan, state, base)
-            return False
-        await self._run_job(ctx, snap, plan, state, job, act, lease_key)
-        return True
+            return False, None
+        return True, await self._run_job(ctx, view, plan, job, act, lease, budget)
 
     def _activation(
         self, plan: Plan, state: RunState, node_id: str, index: int
     ) -> Activation | None:
         ns = state.nodes[node_id]
-        kernel = Kernel(plan, state, {})
         if index >= 0:
             bs = state.batches.get(node_id)
             if bs is None or ns.status != "running" or index >= len(bs.items):
                 return None
             if bs.item_status[index] not in ("queued", "running", "pending"):
                 return None
-            return Activation(node_id, bs.items[index], ITEM, index=index, iteration=ns.iteration)
+            item = clone(bs.items[index])
+            return Activation(node_id, item, ITEM, index=index, iteration=ns.iteration)
         if ns.status not in ("queued", "running") or node_id in state.batches:
             return None
+        kernel = Kernel(plan, state, {})
+        node_input = clone(kernel.input_for(node_id))
         owner = state.fallbacks.get(node_id)
         if owner is not None:
             return Activation(
                 node_id,
-                kernel.input_for(node_id),
+                node_input,
                 FALLBACK,
                 owner=owner,
                 error=state.nodes[owner].error,
                 iteration=ns.iteration,
             )
-        return Activation(node_id, kernel.input_for(node_id), NODE, iteration=ns.iteration)
+        return Activation(node_id, node_input, NODE, iteration=ns.iteration)
 
     async def _run_job(
         self,
         ctx: DistributedContext,
-        snap: Snapshot,
+        view: RunView,
         plan: Plan,
-        state: RunState,
         job: JobPayload,
         act: Activation,
-        lease_key: str,
-    ) -> None:
-        """Execute ``act`` under the lease ``lease_key`` (held by the caller) and commit."""
+        lease: _Lease,
+        budget: int = 0,
+    ) -> _Next | None:
+        """Execute ``act`` under ``lease`` (held by the caller) and commit; returns the
+        successor to run inline next (``budget`` > 0 allows one)."""
         node = plan.nodes[act.node_id]
         queue_mode = not self.should_retry_in_process(node)
         rt = self.runtime
         run = _Run(
             plan,
-            state,
-            InMemoryContext(sk.user_context(snap.data)),
+            view.exec_state(act.node_id),
+            SnapshotContext(view.data),
             rt.registry,
             rt.event_bus,
             1,
@@ -534,7 +732,7 @@ class BaseDistributedAdapter(ABC):
         if queue_mode:
             run.attempt_window = (job.attempt, job.attempt)
         task = asyncio.current_task()
-        beat = asyncio.create_task(self._heartbeat(ctx, job, lease_key, task))
+        beat = asyncio.create_task(self._heartbeat(ctx, job, lease.key, task))
         try:
             await self._fault("before_execute", job)
             run.kernel.on_started(act)
@@ -564,7 +762,9 @@ class BaseDistributedAdapter(ABC):
             deltas: Mapping[str, PatchOperation] = run.deltas
             if outcome[0] != _ERR:
                 outcome, deltas = self._check_values(act, outcome, deltas, run)
-            await self._commit_outcome(ctx, snap, plan, act, outcome, deltas, job)
+            return await self._commit_outcome(
+                ctx, view, plan, act, outcome, deltas, job, lease=lease, inline=budget > 0
+            )
         finally:
             beat.cancel()
 
@@ -605,7 +805,7 @@ class BaseDistributedAdapter(ABC):
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.coordination.extend_ttl(lease_key, self.lease_seconds)
+                await self._extend_lease(ctx, lease_key)
                 await self.extend_job_lease(job)
                 rec = await ctx.get(sk.RUN_KEY)
                 # A final run (cancelled, or failed by another branch: A5) discards this
@@ -619,7 +819,7 @@ class BaseDistributedAdapter(ABC):
     async def _commit_outcome(
         self,
         ctx: DistributedContext,
-        snap: Snapshot,
+        view: RunView,
         plan: Plan,
         act: Activation,
         outcome: tuple[int, Any],
@@ -627,48 +827,135 @@ class BaseDistributedAdapter(ABC):
         job: JobPayload | None,
         *,
         child: bool = False,
-    ) -> None:
+        lease: _Lease | None = None,
+        inline: bool = False,
+    ) -> _Next | None:
         """Apply ``outcome`` with the kernel and commit it atomically (CAS with reload).
 
         ``child``: the outcome of a subflow node's child run, which may arrive before the
-        parent's own job committed the node as awaiting the child."""
+        parent's own job committed the node as awaiting the child. ``inline``: the commit
+        also takes the lease of one node it made ready, which is returned to be run next in
+        this worker instead of being enqueued."""
         rt = self.runtime
-        for _ in range(_MAX_CAS):
-            dec = sk.decode(snap.data)
-            if dec is None:
-                return
-            state, rec = dec
-            if state.status in FINAL_STATUSES or not self._still_expected(
-                state, act, outcome, child
-            ):
-                return  # another delivery committed it first: exactly-once commit
-            if child:
-                state.awaiting.pop(act.node_id, None)
-            data = sk.user_context(snap.data)
-            apply_ops(data, deltas.values())
-            kernel = Kernel(plan, state, data, collect_ops=True)
-            run = _Run(plan, state, InMemoryContext(data), rt.registry, None, 1, rt.dependencies)
-            run.kernel = kernel
-            kernel.on_started(act)
-            if outcome[0] == _OUTCOME_RESUME:
-                res: NodeResult = outcome[1]
-                acts = kernel.resume(act.node_id, res.output, res.action)
+        run_id = view.state.execution_id
+        async with view.lock:
+            for _ in range(_MAX_CAS):
+                state = view.state
+                if state.status in FINAL_STATUSES or not self._still_expected(
+                    state, act, outcome, child
+                ):
+                    return None  # another delivery committed it first: exactly-once commit
+                base = view.version
+                new, data = view.fork()
+                if child:
+                    new.awaiting.pop(act.node_id, None)
+                apply_ops(data, deltas.values())
+                kernel = Kernel(plan, new, data, collect_ops=True, shared_inputs=True)
+                run = _Run(plan, new, InMemoryContext(), rt.registry, None, 1, rt.dependencies)
+                run.ctx.data = data
+                run.kernel = kernel
+                kernel.on_started(act)
+                if outcome[0] == _OUTCOME_RESUME:
+                    res: NodeResult = outcome[1]
+                    acts = kernel.resume(act.node_id, res.output, res.action)
+                else:
+                    acts = rt._apply(run, act, outcome)
+                final = self._settle(new)
+                await self._fault("before_commit", job)
+                rec = sk.run_record(new, {**view.rec, "updatedAt": time.time()})
+                engine = view.engine_ops(new, rec)
+                if self.verify_views:
+                    self._verify_ops(view, new, rec, engine)
+                ops = list(deltas.values()) + kernel.ops + engine
+                nxt = (
+                    self._pick_inline(plan, run_id, acts) if inline and not self.stopping else None
+                )
+                ok, got = await self._commit(ctx, ops, base, lease, nxt.lease if nxt else None)
+                if ok:
+                    if view.version == base:
+                        view.adopt(base + 1, new, data, rec)
+                        if self.verify_views:
+                            await self._verify_view(ctx, view)
+                    if nxt is not None and got and view.version != base + 1:
+                        await self._release_lease(ctx, nxt.lease)
+                        nxt = None
+                    break
+                if not await self._refresh(ctx, view, run_id):
+                    return None
             else:
-                acts = rt._apply(run, act, outcome)
-            final = self._settle(state)
-            await self._fault("before_commit", job)
-            new = sk.encode(state, {**rec, "updatedAt": time.time()})
-            ops = list(deltas.values()) + kernel.ops + sk.diff(sk.engine_keys(snap.data), new)
-            if await ctx.commit(ops, snap.version):
-                await self._fault("after_commit", job)
-                await self._enqueue_activations(plan, state, acts, job)
-                if outcome[0] == _AWAIT and outcome[1].get("reason") == "timer":
-                    await self._schedule_timer(plan, state, act.node_id)
-                if final:
-                    await self._finalize(ctx, state, rec)
-                return
-            snap = await ctx.load()
-        raise FlowcraftError(f"could not commit node {act.node_id!r}: too much contention")
+                raise FlowcraftError(f"could not commit node {act.node_id!r}: too much contention")
+        await self._fault("after_commit", job)
+        if nxt is not None and not got:
+            atomic = _incremental(ctx) is not None  # then the lease is simply held elsewhere
+            nxt = None if atomic else await self._lease_after_commit(ctx, view, nxt)
+        if nxt is not None:
+            acts = [a for a in acts if a is not nxt.act]
+            nxt.view = view
+            nxt.act = self._activation(plan, view.state, nxt.act.node_id, nxt.act.index) or nxt.act
+        await self._enqueue_activations(plan, new, acts, job)
+        if outcome[0] == _AWAIT and outcome[1].get("reason") == "timer":
+            await self._schedule_timer(plan, new, act.node_id)
+        if final:
+            await self._finalize(ctx, new, rec)
+        return nxt
+
+    async def _lease_after_commit(
+        self, ctx: DistributedContext, view: RunView, nxt: _Next
+    ) -> _Next | None:
+        """For stores without an atomic commit-and-lease: take the successor's lease, then read
+        the run afresh (lease before load) and check that the node is still waiting for us."""
+        lease = nxt.lease
+        if not await self.coordination.set_if_not_exist(lease.key, lease.token, self.lease_seconds):
+            return None
+        a = nxt.act
+        if (
+            await self._refresh(ctx, view, view.state.execution_id)
+            and view.state.status not in FINAL_STATUSES
+            and view.state.nodes[a.node_id].iteration == a.iteration
+            and self._activation(nxt.plan, view.state, a.node_id, a.index) is not None
+        ):
+            return nxt
+        await self._release_lease(ctx, lease)
+        return None
+
+    def _verify_ops(
+        self, view: RunView, new: RunState, rec: Mapping[str, Any], ops: list[PatchOperation]
+    ) -> None:
+        def key(o: list[PatchOperation]) -> dict[str, tuple[str, Any]]:
+            return {p.key: (p.op, p.value) for p in o}
+
+        full = key(view.full_engine_ops(new, rec))
+        got = key(ops)
+        if full != got:
+            self._view_error(f"incremental ops {got} != full diff {full}")
+
+    async def _verify_view(self, ctx: DistributedContext, view: RunView) -> None:
+        snap = await ctx.load()
+        if snap.version != view.version:
+            return  # moved on meanwhile: nothing to compare
+        stored = sk.engine_keys(snap.data)
+        mine = sk.encode(view.state, view.rec)
+        if stored != mine or sk.user_context(snap.data) != view.data:
+            self._view_error(
+                f"view of {view.state.execution_id} at {view.version} differs from the store: "
+                f"engine {sk.diff(stored, mine)}, user {view.data} vs {sk.user_context(snap.data)}"
+            )
+
+    def _view_error(self, msg: str) -> None:
+        log.error("run view check failed: %s", msg)
+        BaseDistributedAdapter.view_errors.append(msg)
+
+    def _pick_inline(self, plan: Plan, run_id: str, acts: Sequence[Activation]) -> _Next | None:
+        """The first ready node that may run inline (its retries run in process)."""
+        for a in acts:
+            if self.should_retry_in_process(plan.nodes[a.node_id]):
+                job, _ = self._job_for(plan, run_id, a)
+                lease = _Lease(
+                    self._lease_key(run_id, a.job_node_id, a.iteration),
+                    f"{self.worker_id}:{uuid.uuid4().hex[:8]}",
+                )
+                return _Next(None, plan, a, job, lease)  # type: ignore[arg-type]
+        return None
 
     def _still_expected(
         self, state: RunState, act: Activation, outcome: tuple[int, Any], child: bool = False
@@ -707,6 +994,30 @@ class BaseDistributedAdapter(ABC):
         )
         return True
 
+    def _job_for(self, plan: Plan, run_id: str, a: Activation) -> tuple[JobPayload, Any]:
+        """The job payload of activation ``a`` and its queue options."""
+        bp = plan.blueprint
+        node = plan.nodes[a.node_id]
+        queue_mode = not self.should_retry_in_process(node)
+        job = JobPayload(
+            run_id=run_id,
+            blueprint_id=bp.id,
+            node_id=a.job_node_id,
+            iteration=a.iteration,
+            blueprint_version=bp.version,
+            attempt=1,
+            is_last_attempt=(node.config.max_retries <= 1) if queue_mode else None,
+        )
+        return job, self.get_queue_retry_options(node) if queue_mode else None
+
+    async def enqueue_jobs(
+        self, jobs: Sequence[tuple[JobPayload, Mapping[str, Any] | None]]
+    ) -> None:
+        """Put several jobs on the queue (``(job, options)`` pairs). Default: one
+        :meth:`enqueue_job` each; adapters override this with their queue's batch call."""
+        for job, opts in jobs:
+            await self.enqueue_job(job, options=opts)
+
     async def _enqueue_activations(
         self,
         plan: Plan,
@@ -714,28 +1025,29 @@ class BaseDistributedAdapter(ABC):
         acts: Sequence[Activation],
         cause: JobPayload | None = None,
     ) -> None:
-        bp = plan.blueprint
+        run_id = state.execution_id
+        bp_id = plan.blueprint.id
+        bulk = type(self).enqueue_jobs is not BaseDistributedAdapter.enqueue_jobs
+        if bulk and len(acts) > 2 and self.fault_hook is None:
+            # The queue's batch call (fault injection wraps enqueue_job: then one by one).
+            jobs = [self._job_for(plan, run_id, a) for a in acts]
+            await self.enqueue_job(jobs[0][0], options=jobs[0][1])
+            await self._fault("between_enqueues", cause)
+            await self.enqueue_jobs(jobs[1:])
+            for job, _ in jobs:
+                await self._emit(
+                    "job:enqueued", {"runId": run_id, "blueprintId": bp_id, "nodeId": job.node_id}
+                )
+            return
         first = True
         for a in acts:
             if not first:
                 await self._fault("between_enqueues", cause)
             first = False
-            node = plan.nodes[a.node_id]
-            queue_mode = not self.should_retry_in_process(node)
-            job = JobPayload(
-                run_id=state.execution_id,
-                blueprint_id=bp.id,
-                node_id=a.job_node_id,
-                iteration=a.iteration,
-                blueprint_version=bp.version,
-                attempt=1,
-                is_last_attempt=(node.config.max_retries <= 1) if queue_mode else None,
-            )
-            opts = self.get_queue_retry_options(node) if queue_mode else None
+            job, opts = self._job_for(plan, run_id, a)
             await self.enqueue_job(job, options=opts)
             await self._emit(
-                "job:enqueued",
-                {"runId": state.execution_id, "blueprintId": bp.id, "nodeId": job.node_id},
+                "job:enqueued", {"runId": run_id, "blueprintId": bp_id, "nodeId": job.node_id}
             )
 
     async def _schedule_timer(self, plan: Plan, state: RunState, node_id: str) -> None:
@@ -756,13 +1068,9 @@ class BaseDistributedAdapter(ABC):
         await self.enqueue_job(job, delay=min(delay, cap) if cap else delay)
 
     async def _timer(
-        self,
-        ctx: DistributedContext,
-        snap: Snapshot,
-        plan: Plan,
-        state: RunState,
-        job: JobPayload,
+        self, ctx: DistributedContext, view: RunView, plan: Plan, job: JobPayload
     ) -> None:
+        state = view.state
         ns = state.nodes.get(job.node_id)
         d = state.awaiting.get(job.node_id)
         if ns is None or d is None or d.get("reason") != "timer" or ns.iteration != job.iteration:
@@ -774,25 +1082,41 @@ class BaseDistributedAdapter(ABC):
             return
         act = Activation(job.node_id, None, NODE, iteration=ns.iteration)
         out = NodeResult(d.get("input"), None)
-        await self._commit_outcome(ctx, snap, plan, act, (_OUTCOME_RESUME, out), {}, job)
+        await self._commit_outcome(ctx, view, plan, act, (_OUTCOME_RESUME, out), {}, job)
 
     async def _republish(self, plan: Plan, state: RunState, node_id: str) -> None:
-        """Re-enqueue the queued work a finished node made ready (idempotent)."""
+        """Re-enqueue the queued work a finished node made ready (idempotent).
+
+        With inline successors a delivery may have run a whole stretch of nodes after this one
+        before it died, so the walk continues through finished successors to the queued work
+        behind them."""
         acts: list[Activation] = []
-        targets = {e.target for e in plan.out_edges[node_id]}
-        owner_fb = plan.nodes[node_id].config.fallback
-        if owner_fb:
-            targets.add(owner_fb)
-        for t in targets:
-            ns = state.nodes.get(t)
-            if ns is not None and ns.status == "queued":
-                acts.append(Activation(t, None, NODE, iteration=ns.iteration))
-        bs = state.batches.get(node_id)
-        if bs is not None:
-            it = state.nodes[node_id].iteration
-            for i, s in enumerate(bs.item_status):
-                if s in ("queued", "running"):
-                    acts.append(Activation(node_id, None, ITEM, index=i, iteration=it))
+        walk = self.inline_successors > 0
+        seen: set[str] = set()
+        todo = [node_id]
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            ns = state.nodes.get(n)
+            if ns is None:
+                continue
+            if n != node_id and ns.status == "queued":
+                acts.append(Activation(n, None, NODE, iteration=ns.iteration))
+                continue
+            bs = state.batches.get(n)
+            if bs is not None and ns.status == "running":
+                for i, s in enumerate(bs.item_status):
+                    if s in ("queued", "running") and i < bs.released:
+                        acts.append(Activation(n, None, ITEM, index=i, iteration=ns.iteration))
+            if n == node_id or (
+                walk and ns.status in ("completed", "recovered", "skipped", "failed")
+            ):
+                todo.extend(e.target for e in plan.out_edges[n])
+                fb = plan.nodes[n].config.fallback
+                if fb:
+                    todo.append(fb)
         if acts:
             await self._enqueue_activations(plan, state, acts)
 
@@ -898,11 +1222,10 @@ class BaseDistributedAdapter(ABC):
     async def _child_finished(self, parent: Mapping[str, Any], child_id: str) -> None:
         child = await self.get_result(child_id)
         pctx = await self.create_context(parent["runId"])
-        snap = await pctx.load()
-        dec = sk.decode(snap.data)
-        if dec is None:
+        view = await self._view(pctx, parent["runId"])
+        if view is None:
             return
-        st, _ = dec
+        st = view.state
         bp = self._blueprint(st.blueprint_id)
         if bp is None:
             return
@@ -921,12 +1244,12 @@ class BaseDistributedAdapter(ABC):
             outcome: tuple[int, Any] = (_ERR, rec)
             deltas: dict[str, PatchOperation] = {}
         else:
-            tmp = _Run(plan, st, InMemoryContext(sk.user_context(snap.data)), {}, None, 1, {})
+            tmp = _Run(plan, st, SnapshotContext(view.data), {}, None, 1, {})
             tmp.deltas = {}
             out = self.runtime._subflow_output(tmp, node, child)
             outcome = (_OUTCOME_RESUME, NodeResult(out))
             deltas = tmp.deltas
-        await self._commit_outcome(pctx, snap, plan, act, outcome, deltas, None, child=True)
+        await self._commit_outcome(pctx, view, plan, act, outcome, deltas, None, child=True)
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -968,7 +1291,7 @@ class BaseDistributedAdapter(ABC):
         lost = []
         for a in acts:
             key = self._lease_key(run_id, a.job_node_id, a.iteration)
-            if await self.coordination.get(key) is None:
+            if not await self._lease_held(run_id, key):
                 lost.append(a)
         await self._enqueue_activations(plan, st, lost)
         return [a.job_node_id for a in lost]

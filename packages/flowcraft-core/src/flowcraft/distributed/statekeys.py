@@ -14,10 +14,10 @@ from ..state import BatchState, NodeState, RunState
 
 PREFIX: Final = "_fc."
 RUN_KEY: Final = "_fc.run"
-_NODE: Final = "_fc.node."
-_EDGE: Final = "_fc.edge."
-_IN: Final = "_fc.in."
-_BATCH: Final = "_fc.batch."
+NODE_PREFIX: Final = "_fc.node."
+EDGE_PREFIX: Final = "_fc.edge."
+IN_PREFIX: Final = "_fc.in."
+BATCH_PREFIX: Final = "_fc.batch."
 
 
 def is_engine_key(key: str) -> bool:
@@ -30,9 +30,9 @@ def user_context(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if not k.startswith(PREFIX)}
 
 
-def encode(state: RunState, extra_run: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """RunState -> engine keys; ``extra_run`` carries run-record fields the state does not
-    hold (createdAt, updatedAt, parent); the state's own fields always win."""
+def run_record(state: RunState, extra_run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``_fc.run`` record: run-level state fields over ``extra_run`` (createdAt,
+    updatedAt, parent: fields the state does not hold); the state's own fields win."""
     run: dict[str, Any] = dict(extra_run) if extra_run else {}
     run |= {
         "executionId": state.execution_id,
@@ -45,17 +45,72 @@ def encode(state: RunState, extra_run: Mapping[str, Any] | None = None) -> dict[
         "fallbacks": state.fallbacks,
         "seq": state.seq,
     }
-    out: dict[str, Any] = {RUN_KEY: run}
+    return run
+
+
+def encode(state: RunState, extra_run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """RunState -> engine keys (see :func:`run_record` for ``extra_run``)."""
+    out: dict[str, Any] = {RUN_KEY: run_record(state, extra_run)}
     for k, ns in state.nodes.items():
-        out[_NODE + k] = ns.to_dict()
+        out[NODE_PREFIX + k] = ns.to_dict()
     for k, taken in state.edges.items():
-        out[_EDGE + k] = taken
+        out[EDGE_PREFIX + k] = taken
     for k, slot in state.inputs.items():
         if slot:
-            out[_IN + k] = slot
+            out[IN_PREFIX + k] = slot
     for k, bs in state.batches.items():
-        out[_BATCH + k] = bs.to_dict()
+        out[BATCH_PREFIX + k] = bs.to_dict()
     return out
+
+
+def apply_run_record(st: RunState, run: Mapping[str, Any]) -> None:
+    """Set the run-level fields of ``st`` from a ``_fc.run`` record."""
+    st.execution_id = run["executionId"]
+    st.blueprint_id = run["blueprintId"]
+    st.blueprint_version = run.get("blueprintVersion")
+    st.status = run.get("status", "running")
+    st.awaiting = dict(run.get("awaiting") or {})
+    st.errors = list(run.get("errors") or [])
+    st.fallbacks = dict(run.get("fallbacks") or {})
+    st.started = bool(run.get("started", False))
+    st.seq = int(run.get("seq", 0))
+
+
+def apply_engine_key(st: RunState, key: str, value: Any) -> bool:
+    """Set (``value``) or remove (None) one engine key other than ``_fc.run`` in ``st``;
+    True when it was an edge (join counters must be recounted)."""
+    if key.startswith(NODE_PREFIX):
+        k = key[len(NODE_PREFIX) :]
+        if value is None:
+            st.nodes.pop(k, None)
+        else:
+            st.nodes[k] = NodeState(
+                status=value["status"],
+                iteration=value.get("iteration", 0),
+                attempts=value.get("attempts", 0),
+                action=value.get("action"),
+                error=value.get("error"),
+            )
+    elif key.startswith(EDGE_PREFIX):
+        k = key[len(EDGE_PREFIX) :]
+        if value is None:
+            st.edges.pop(k, None)
+        else:
+            st.edges[k] = bool(value)
+        return True
+    elif key.startswith(IN_PREFIX):
+        k = key[len(IN_PREFIX) :]
+        if value is None:
+            st.inputs.pop(k, None)
+        else:
+            st.inputs[k] = dict(value)
+    elif key.startswith(BATCH_PREFIX):
+        k = key[len(BATCH_PREFIX) :]
+        if value is None:
+            st.batches.pop(k, None)
+        else:
+            st.batches[k] = BatchState.from_dict(value)
+    return False
 
 
 def decode(data: Mapping[str, Any]) -> tuple[RunState, dict[str, Any]] | None:
@@ -63,34 +118,11 @@ def decode(data: Mapping[str, Any]) -> tuple[RunState, dict[str, Any]] | None:
     run = data.get(RUN_KEY)
     if not isinstance(run, Mapping):
         return None
-    st = RunState(
-        execution_id=run["executionId"],
-        blueprint_id=run["blueprintId"],
-        blueprint_version=run.get("blueprintVersion"),
-        status=run.get("status", "running"),
-        awaiting=dict(run.get("awaiting") or {}),
-        errors=list(run.get("errors") or []),
-        fallbacks=dict(run.get("fallbacks") or {}),
-        started=bool(run.get("started", False)),
-        seq=int(run.get("seq", 0)),
-    )
+    st = RunState(execution_id=run["executionId"], blueprint_id=run["blueprintId"])
+    apply_run_record(st, run)
     for k, v in data.items():
-        if not k.startswith(PREFIX) or k == RUN_KEY:
-            continue
-        if k.startswith(_NODE):
-            st.nodes[k[len(_NODE) :]] = NodeState(
-                status=v["status"],
-                iteration=v.get("iteration", 0),
-                attempts=v.get("attempts", 0),
-                action=v.get("action"),
-                error=v.get("error"),
-            )
-        elif k.startswith(_EDGE):
-            st.edges[k[len(_EDGE) :]] = bool(v)
-        elif k.startswith(_IN):
-            st.inputs[k[len(_IN) :]] = dict(v)
-        elif k.startswith(_BATCH):
-            st.batches[k[len(_BATCH) :]] = BatchState.from_dict(v)
+        if k.startswith(PREFIX) and k != RUN_KEY:
+            apply_engine_key(st, k, v)
     return st, dict(run)
 
 

@@ -53,6 +53,7 @@ from ..distributed.codec import decode_value, encode_value
 from ..distributed.contracts import Snapshot
 from ..distributed.notify import FinalResultWatcher
 from ..distributed.statekeys import RUN_KEY
+from ..distributed.view import Changes
 from ..state import FINAL_STATUSES
 
 log = logging.getLogger("flowcraft.redis")
@@ -79,11 +80,14 @@ _CHUNK: Final = 1000  # arguments per HSET/HDEL call inside scripts (Lua's unpac
 
 _COMMIT_LUA: Final = (
     """
--- KEYS[1] run hash, KEYS[2] shard's active index, KEYS[3] the run's change log
+-- KEYS[1] run hash, KEYS[2] shard's active index, KEYS[3] the run's change log,
+-- KEYS[4] a lease to release after the commit (when ARGV[8] is its token), KEYS[5] a lease to
+-- take after the commit (when ARGV[9] is a token; ARGV[10] its TTL in ms)
 -- ARGV[1] expected version (-1: no check)   ARGV[2] 'live' | 'final' | '' (status unchanged)
 -- ARGV[3] now (ms)   ARGV[4] retention (ms, 0 = keep)   ARGV[5] run id (index member)
--- ARGV[6] epoch for a new hash   ARGV[7] n = number of fields to set
--- ARGV[8 .. 7+2n] field, value pairs; the rest: fields to delete
+-- ARGV[6] epoch for a new hash   ARGV[7] n = number of fields to set   ARGV[8] lease token
+-- ARGV[11 .. 10+2n] field, value pairs; the rest: fields to delete
+-- -> {-1, ''} version mismatch | {new version, epoch, 1 if the KEYS[5] lease was taken}
 local cur = tonumber(redis.call('HGET', KEYS[1], '@VERSION@') or '0')
 local expected = tonumber(ARGV[1])
 if expected >= 0 and cur ~= expected then
@@ -95,8 +99,8 @@ if not epoch then
   redis.call('HSET', KEYS[1], '@EPOCH@', epoch)
 end
 local v = cur + 1
-local last = 7 + 2 * tonumber(ARGV[7])
-local i = 8
+local last = 10 + 2 * tonumber(ARGV[7])
+local i = 11
 while i <= last do
   local j = math.min(i + @CHUNK@ - 1, last)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
@@ -133,16 +137,29 @@ elseif ARGV[2] == 'live' then
 else
   redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[5])
 end
-return {v, epoch}
+if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) == ARGV[8] then
+  redis.call('DEL', KEYS[4])
+end
+local got = 0
+if ARGV[9] ~= '' and redis.call('SET', KEYS[5], ARGV[9], 'NX', 'PX', ARGV[10]) then
+  got = 1
+end
+return {v, epoch, got}
 """.replace("@CHUNK@", str(_CHUNK))
     .replace("@VERSION@", VERSION_FIELD)
     .replace("@EPOCH@", EPOCH_FIELD)
 )
 
 _LOAD_SINCE_LUA: Final = """
--- KEYS[1] run hash, KEYS[2] the run's change log; ARGV[1] cached version, ARGV[2] its epoch
--- -> {'U', version} unchanged | {'D', version, fields, values} changed fields (nil = deleted)
---    | {'F', version, flat HGETALL}
+-- KEYS[1] run hash, KEYS[2] the run's change log, KEYS[3] a lease to take first (when ARGV[3]
+-- is a token; ARGV[4] its TTL in ms); ARGV[1] cached version, ARGV[2] its epoch
+-- -> {'L'} lease held by someone else | {'U', version} unchanged
+--    | {'D', version, fields, values} changed fields (nil = deleted) | {'F', version, HGETALL}
+if ARGV[3] and ARGV[3] ~= '' then
+  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
+    return {'L'}
+  end
+end
 local cur = tonumber(redis.call('HGET', KEYS[1], '@VERSION@') or '0')
 local since = tonumber(ARGV[1])
 if since > 0 and since <= cur and redis.call('HGET', KEYS[1], '@EPOCH@') == ARGV[2] then
@@ -474,9 +491,86 @@ class RedisRunContext:
     async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
         """See DistributedContext: one script (version check, HSET/HDEL, version bump,
         active-run index, retention when the run became final)."""
-        return await self._write(ops, expected_version)
+        return (await self._write(ops, expected_version))[0]
 
-    async def _write(self, ops: Sequence[PatchOperation], expected: int) -> bool:
+    # -- IncrementalContext (flowcraft.distributed.view) ----------------------------------------
+
+    async def load_since(
+        self, since: int, epoch: str, lease: tuple[str, str, float] | None = None
+    ) -> Changes | None:
+        """Take ``lease`` (``SET NX PX`` in the run's slot; None when held by someone else) and
+        read what changed after version ``since`` of ``epoch``, in one script call."""
+        store = self._store
+        if lease is None:
+            keys = [self._hash, self._changes]
+            args: list[Any] = [since, epoch]
+        else:
+            keys = [self._hash, self._changes, store.layout.lease(self.run_id, lease[0])]
+            args = [since, epoch, lease[1], _ms(lease[2])]
+        reply = await store._load_since(keys=keys, args=args)
+        kind = _text(reply[0])
+        if kind == "L":
+            return None
+        version = int(reply[1])
+        loads = _JSON.decode
+        if kind == "U":
+            return Changes(version, epoch, False, {})
+        if kind == "D":
+            sets: dict[str, Any] = {}
+            dels: list[str] = []
+            for k, v in zip(reply[2], reply[3], strict=True):
+                if v is None:
+                    dels.append(_text(k))
+                else:
+                    sets[_text(k)] = loads(_text(v))
+            return Changes(version, epoch, False, sets, dels)
+        it = iter(reply[2])
+        data: dict[str, Any] = {}
+        new_epoch = ""
+        for k, v in zip(it, it, strict=True):
+            key = _text(k)
+            if key == VERSION_FIELD:
+                continue
+            if key == EPOCH_FIELD:
+                new_epoch = _text(v)
+                continue
+            data[key] = loads(_text(v))
+        return Changes(version, new_epoch, True, data)
+
+    async def commit_release(
+        self,
+        ops: list[PatchOperation],
+        expected_version: int,
+        lease: tuple[str, str] | None,
+        next_lease: tuple[str, str, float] | None = None,
+    ) -> tuple[bool, str, bool]:
+        """:meth:`commit`, then (when it succeeded) release ``lease`` (key, token) and take
+        ``next_lease`` (key, token, ttl), in the same script; returns (committed, the run's
+        epoch, whether ``next_lease`` was taken)."""
+        return await self._write(ops, expected_version, lease, next_lease)
+
+    async def lease_holder(self, key: str) -> str | None:
+        """The token holding lease ``key`` of this run, or None."""
+        v = await self._store.client.get(self._store.layout.lease(self.run_id, key))
+        return None if v is None else _text(v)
+
+    async def extend_lease(self, key: str, ttl_seconds: float) -> bool:
+        """Give lease ``key`` a new TTL; False when it is gone."""
+        lk = self._store.layout.lease(self.run_id, key)
+        return bool(await self._store.client.pexpire(lk, _ms(ttl_seconds)))
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Delete lease ``key`` when ``token`` holds it (atomic)."""
+        lk = self._store.layout.lease(self.run_id, key)
+        return bool(await self._store.coordination._cad(keys=[lk], args=[token]))
+
+    async def _write(
+        self,
+        ops: Sequence[PatchOperation],
+        expected: int,
+        lease: tuple[str, str] | None = None,
+        next_lease: tuple[str, str, float] | None = None,
+    ) -> tuple[bool, str, bool]:
         store = self._store
         last: dict[str, PatchOperation] = {}
         for op in ops:  # the last operation on a key wins, as if applied in order
@@ -503,15 +597,23 @@ class RedisRunContext:
             self.run_id,
             uuid.uuid4().hex,
             len(sets),
+            lease[1] if lease else "",
+            next_lease[1] if next_lease else "",
+            _ms(next_lease[2]) if next_lease else 0,
         ]
         for k, text in sets.items():
             args.append(k)
             args.append(text)
         args.extend(dels)
-        reply = await store._commit(keys=[self._hash, self._active, self._changes], args=args)
+        layout = store.layout
+        lease_key = layout.lease(self.run_id, lease[0]) if lease else self._hash
+        next_key = layout.lease(self.run_id, next_lease[0]) if next_lease else self._hash
+        reply = await store._commit(
+            keys=[self._hash, self._active, self._changes, lease_key, next_key], args=args
+        )
         version = int(reply[0])
         if version < 0:
-            return False
+            return False, "", False
         store.stats.commits += 1
         store.stats.bytes_written += written
         if store.cache_runs:
@@ -523,7 +625,7 @@ class RedisRunContext:
                 store._remember(self.run_id, _CachedRun(version, epoch, dict(sets)))
             else:
                 store._forget(self.run_id)
-        return True
+        return True, _text(reply[1]), bool(int(reply[2]))
 
 
 class RedisStateStore:

@@ -98,7 +98,23 @@ class _SlowContext:
         return bool(await self._inner.commit(ops, expected_version))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        attr = getattr(self._inner, name)
+        if name == "load_since":  # the incremental load arrives late too
+
+            async def load_since(*args: Any, **kwargs: Any) -> Any:
+                ch = await attr(*args, **kwargs)
+                await asyncio.sleep(self._delay())
+                return ch
+
+            return load_since
+        if name == "commit_release" and self._commits:
+
+            async def commit_release(*args: Any, **kwargs: Any) -> Any:
+                await asyncio.sleep(self._delay())
+                return await attr(*args, **kwargs)
+
+            return commit_release
+        return attr
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ from .faults import STEP_POINTS, FaultInjector
 F = TypeVar("F", bound=Callable[..., Any])
 
 _REQUIRES_ATTR = "__conformance_requires__"
+_DELIVERY_POINTS = ("after_receive", "between_enqueues")
+"""Step points of a delivered job only (an inline successor is not received or enqueued)."""
+_INLINE_POINTS = tuple(p for p in STEP_POINTS if p not in _DELIVERY_POINTS)
 
 
 def requires(*capabilities: str) -> Callable[[F], F]:
@@ -417,9 +420,10 @@ class AdapterConformanceSuite:
         faults.observe(seen)
         async with self.cluster(backend, s, faults=faults) as c:
             res = await c.run("fan")
-            # Let late copies arrive: they must change nothing.
+            # Let late copies arrive: they must change nothing. (Nodes run as inline
+            # successors had no job of their own.)
             await until(
-                lambda: all(deliveries.get(n, 0) >= times for n in sc.FAN_NODES),
+                lambda: all(deliveries.get(e.job.node_id, 0) >= times for e in faults.enqueued),
                 f"{times} deliveries of every job",
             )
         assert res.status == "completed"
@@ -456,7 +460,9 @@ class AdapterConformanceSuite:
         committing, and every node's context writes were committed exactly once."""
         s = sc.crashy()
         faults = FaultInjector().crash("mid", point)
-        async with self.cluster(backend, s, faults=faults) as c:
+        # Receiving and enqueueing are steps of a delivered job: make ``mid`` one.
+        jobs_only: dict[str, Any] = {"inline_successors": 0} if point in _DELIVERY_POINTS else {}
+        async with self.cluster(backend, s, faults=faults, **jobs_only) as c:
             res = await c.run("crashy")
         assert [(p, n) for p, n, _ in faults.crashes] == [(point, "mid")]
         assert res.status == "completed"
@@ -505,6 +511,59 @@ class AdapterConformanceSuite:
         assert [j.node_id for j in faults.jobs_for("no")] == ["no"]
         assert faults.jobs_for("yes") == []
 
+    # == 9b. inline successors ================================================================
+
+    async def test_inline_successors_run_in_the_delivering_worker(self, backend: Any) -> None:
+        """With ``inline_successors``, the worker that commits a node runs the node it made
+        ready itself: a chain needs one job, with the exact result and one execution each."""
+        s = sc.linear()
+        faults = FaultInjector()
+        async with self.cluster(backend, s, faults=faults, inline_successors=8) as c:
+            res = await c.run("linear", {"start": 0})
+        assert res.status == "completed"
+        assert res.context == {
+            "start": 0,
+            "greeting": "hi",
+            "b.seen": True,
+            "_outputs.a": 1,
+            "_outputs.b": 2,
+            "_outputs.c": "c:2",
+        }
+        assert s.probe.counts() == {"a": 1, "b": 1, "c": 1}
+        assert [e.job.node_id for e in faults.enqueued] == ["a"]
+        assert c.published[res.execution_id] == ["completed"]
+
+    async def test_inline_budget_sends_the_rest_through_the_queue(self, backend: Any) -> None:
+        """One inline successor per delivered job at most (``inline_successors=1``): the
+        chain alternates a queued job and an inline node."""
+        s = sc.linear()
+        faults = FaultInjector()
+        async with self.cluster(backend, s, faults=faults, inline_successors=1) as c:
+            res = await c.run("linear", {"start": 0})
+        assert res.status == "completed"
+        assert res.context["_outputs.c"] == "c:2"
+        assert s.probe.counts() == {"a": 1, "b": 1, "c": 1}
+        assert [e.job.node_id for e in faults.enqueued] == ["a", "c"]
+
+    @requires("redelivery_on_crash")
+    @pytest.mark.parametrize("point", _INLINE_POINTS)
+    async def test_crash_in_inline_successor(self, backend: Any, point: str) -> None:
+        """A worker dies at ``point`` while running ``b`` as an inline successor of ``a``'s
+        job: the redelivered job of ``a`` finds the queued work behind the finished nodes and
+        the run completes exactly (``b`` ran twice only when it died before committing)."""
+        s = sc.linear()
+        faults = FaultInjector().crash("b", point)
+        async with self.cluster(backend, s, faults=faults, inline_successors=8) as c:
+            res = await c.run("linear", {"start": 0})
+        assert [(p, n) for p, n, _ in faults.crashes] == [(point, "b")]
+        assert res.status == "completed"
+        assert res.context["_outputs.c"] == "c:2"
+        assert res.context["b.seen"] is True
+        twice = point in ("after_execute", "before_commit")
+        assert s.probe.counts() == {"a": 1, "b": 2 if twice else 1, "c": 1}
+        assert c.published[res.execution_id] == ["completed"]
+        assert_same_result(res, await in_memory(sc.linear(), "linear", {"start": 0}))
+
     # == 10. slow node ==========================================================================
 
     async def test_slow_node_keeps_its_lease(self, backend: Any) -> None:
@@ -522,7 +581,7 @@ class AdapterConformanceSuite:
             .late(self.lease_seconds * 2, times=3, nodes=["slow"], delay_original=False)
             .observe(seen)
         )
-        async with self.cluster(backend, s, faults=faults) as c:
+        async with self.cluster(backend, s, faults=faults, inline_successors=0) as c:
             res = await c.run("slow")
         assert res.status == "completed"
         assert res.context == {
@@ -540,7 +599,7 @@ class AdapterConformanceSuite:
         the lost node, never the untaken branch (C1), and the run completes."""
         s = sc.lost()
         faults = FaultInjector().drop("b")
-        async with self.cluster(backend, s, faults=faults) as c:
+        async with self.cluster(backend, s, faults=faults, inline_successors=0) as c:
             rid = await c.start_run("lost")
             st = await c.wait_until(
                 rid, lambda st: st.node_statuses.get("a") == "completed", "a completed"
@@ -743,7 +802,7 @@ class AdapterConformanceSuite:
         """Each batch item is its own job (``scatter[i]``); results keep item order."""
         s = sc.batch_and_loop()
         faults = FaultInjector()
-        async with self.cluster(backend, s, faults=faults) as c:
+        async with self.cluster(backend, s, faults=faults, inline_successors=0) as c:
             res = await c.run("batch", {"nums": [1, 2, 3]})
         assert res.status == "completed"
         assert res.node_statuses == {
