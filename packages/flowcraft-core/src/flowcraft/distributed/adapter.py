@@ -119,8 +119,19 @@ class _Lease:
         self.released = False
 
 
+_INCREMENTAL: dict[type, bool] = {}
+
+
 def _incremental(ctx: DistributedContext) -> IncrementalContext | None:
-    return ctx if isinstance(ctx, IncrementalContext) else None
+    """``ctx`` when its store offers :class:`IncrementalContext` (checked once per type:
+    protocol checks are slow)."""
+    t = type(ctx)
+    inc = _INCREMENTAL.get(t)
+    if inc is None:
+        inc = isinstance(ctx, IncrementalContext)
+        if not hasattr(t, "__getattr__"):  # a delegating wrapper answers per instance
+            _INCREMENTAL[t] = inc
+    return ctx if inc else None  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -609,25 +620,28 @@ class BaseDistributedAdapter(ABC):
         self,
         ctx: DistributedContext,
         ops: list[PatchOperation],
-        expected: int,
+        view: RunView,
         lease: _Lease | None,
         next_lease: _Lease | None = None,
-    ) -> tuple[bool, bool]:
-        """One conditional commit; releases ``lease`` with it and takes ``next_lease`` right
-        after it, in the same request where the store can. Returns (committed, whether
-        ``next_lease`` was taken with the run exactly as committed)."""
+    ) -> tuple[bool, bool, Changes | None]:
+        """One conditional commit at ``view``'s version; releases ``lease`` with it and takes
+        ``next_lease`` right after it, in the same request where the store can. Returns
+        (committed, whether ``next_lease`` was taken with the run exactly as committed, the
+        changes since the view's version when the store returned them with a conflict)."""
         inc = _incremental(ctx)
         if inc is not None and lease is not None and not lease.released:
             nl = (next_lease.key, next_lease.token, self.lease_seconds) if next_lease else None
-            ok, _, got = await inc.commit_release(ops, expected, (lease.key, lease.token), nl)
-            if ok:
+            r = await inc.commit_release(
+                ops, view.version, (lease.key, lease.token), nl, view.epoch
+            )
+            if r.ok:
                 lease.released = True
-            return ok, got
-        if not await ctx.commit(ops, expected):
-            return False, False
+            return r.ok, r.next_taken, r.changes
+        if not await ctx.commit(ops, view.version):
+            return False, False, None
         # Without an atomic store request the run may change between the commit and the
         # lease, so a successor is run inline only from a fresh read (not this commit).
-        return True, False
+        return True, False, None
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -870,7 +884,9 @@ class BaseDistributedAdapter(ABC):
                 nxt = (
                     self._pick_inline(plan, run_id, acts) if inline and not self.stopping else None
                 )
-                ok, got = await self._commit(ctx, ops, base, lease, nxt.lease if nxt else None)
+                ok, got, changes = await self._commit(
+                    ctx, ops, view, lease, nxt.lease if nxt else None
+                )
                 if ok:
                     if view.version == base:
                         view.adopt(base + 1, new, data, rec)
@@ -880,6 +896,8 @@ class BaseDistributedAdapter(ABC):
                         await self._release_lease(ctx, nxt.lease)
                         nxt = None
                     break
+                if changes is not None and view.apply(changes):
+                    continue  # the conflict's changes came with the refusal: no reload
                 if not await self._refresh(ctx, view, run_id):
                     return None
             else:

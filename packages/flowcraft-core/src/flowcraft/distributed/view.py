@@ -54,6 +54,26 @@ class Changes:
         self.deletes = tuple(deletes)
 
 
+class CommitResult:
+    """Outcome of :meth:`IncrementalContext.commit_release`: ``ok``, the run's ``epoch``,
+    whether the next lease was ``next_taken``, and on a conflict possibly the ``changes``
+    since the expected version."""
+
+    __slots__ = ("changes", "epoch", "next_taken", "ok")
+
+    def __init__(
+        self,
+        ok: bool,
+        epoch: str = "",
+        next_taken: bool = False,
+        changes: Changes | None = None,
+    ) -> None:
+        self.ok = ok
+        self.epoch = epoch
+        self.next_taken = next_taken
+        self.changes = changes
+
+
 @runtime_checkable
 class IncrementalContext(Protocol):
     """Optional fast path of a :class:`~flowcraft.distributed.contracts.DistributedContext`.
@@ -79,9 +99,11 @@ class IncrementalContext(Protocol):
         expected_version: int,
         lease: tuple[str, str] | None,
         next_lease: tuple[str, str, float] | None = None,
-    ) -> tuple[bool, str, bool]:
+        epoch: str = "",
+    ) -> CommitResult:
         """Commit; on success release ``lease`` (key, token) and take ``next_lease`` (key,
-        token, ttl). Returns (committed, epoch, whether ``next_lease`` was taken)."""
+        token, ttl). On a version mismatch, may return the changes since
+        ``expected_version`` (when ``epoch`` is the run's) so no reload is needed."""
         ...
 
     async def lease_holder(self, key: str) -> str | None:
@@ -417,4 +439,4 @@ class RunView:
         self.rec = rec
 
 
-__all__ = ["Changes", "IncrementalContext", "RunView", "SnapshotContext", "clone"]
+__all__ = ["Changes", "CommitResult", "IncrementalContext", "RunView", "SnapshotContext", "clone"]

@@ -53,7 +53,7 @@ from ..distributed.codec import decode_value, encode_value
 from ..distributed.contracts import Snapshot
 from ..distributed.notify import FinalResultWatcher
 from ..distributed.statekeys import RUN_KEY
-from ..distributed.view import Changes
+from ..distributed.view import Changes, CommitResult
 from ..state import FINAL_STATUSES
 
 log = logging.getLogger("flowcraft.redis")
@@ -86,12 +86,23 @@ _COMMIT_LUA: Final = (
 -- ARGV[1] expected version (-1: no check)   ARGV[2] 'live' | 'final' | '' (status unchanged)
 -- ARGV[3] now (ms)   ARGV[4] retention (ms, 0 = keep)   ARGV[5] run id (index member)
 -- ARGV[6] epoch for a new hash   ARGV[7] n = number of fields to set   ARGV[8] lease token
--- ARGV[11 .. 10+2n] field, value pairs; the rest: fields to delete
--- -> {-1, ''} version mismatch | {new version, epoch, 1 if the KEYS[5] lease was taken}
+-- ARGV[11] the epoch the caller knows (on a version mismatch, the fields changed since the
+-- expected version are returned, saving the caller a reload)
+-- ARGV[12 .. 11+2n] field, value pairs; the rest: fields to delete
+-- -> {-1, ''} version mismatch | {-1, 'D', version, fields, values} mismatch with changes
+--    | {new version, epoch, 1 if the KEYS[5] lease was taken}
 local cur = tonumber(redis.call('HGET', KEYS[1], '@VERSION@') or '0')
 local expected = tonumber(ARGV[1])
 if expected >= 0 and cur ~= expected then
-  return {-1, ''}
+  if ARGV[11] == '' or expected <= 0 or expected > cur
+      or redis.call('HGET', KEYS[1], '@EPOCH@') ~= ARGV[11] then
+    return {-1, ''}
+  end
+  local fields = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. expected, '+inf')
+  if #fields == 0 or #fields > 4000 then
+    return {-1, ''}
+  end
+  return {-1, 'D', cur, fields, redis.call('HMGET', KEYS[1], unpack(fields))}
 end
 local epoch = redis.call('HGET', KEYS[1], '@EPOCH@')
 if not epoch then
@@ -99,8 +110,8 @@ if not epoch then
   redis.call('HSET', KEYS[1], '@EPOCH@', epoch)
 end
 local v = cur + 1
-local last = 10 + 2 * tonumber(ARGV[7])
-local i = 11
+local last = 11 + 2 * tonumber(ARGV[7])
+local i = 12
 while i <= last do
   local j = math.min(i + @CHUNK@ - 1, last)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
@@ -387,6 +398,19 @@ def _text(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
+def _changes(reply: Sequence[Any], epoch: str) -> Changes:
+    """``[version, fields, values]`` of a script (nil value = deleted) -> Changes."""
+    loads = _JSON.decode
+    sets: dict[str, Any] = {}
+    dels: list[str] = []
+    for k, v in zip(reply[1], reply[2], strict=True):
+        if v is None:
+            dels.append(_text(k))
+        else:
+            sets[_text(k)] = loads(_text(v))
+    return Changes(int(reply[0]), epoch, False, sets, dels)
+
+
 class RedisRunContext:
     """A run's context in Redis: one hash (:class:`~flowcraft.distributed.contracts.
     DistributedContext`). ``load`` is one ``HGETALL``; ``commit`` is one script."""
@@ -491,7 +515,7 @@ class RedisRunContext:
     async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
         """See DistributedContext: one script (version check, HSET/HDEL, version bump,
         active-run index, retention when the run became final)."""
-        return (await self._write(ops, expected_version))[0]
+        return (await self._write(ops, expected_version)).ok
 
     # -- IncrementalContext (flowcraft.distributed.view) ----------------------------------------
 
@@ -516,14 +540,7 @@ class RedisRunContext:
         if kind == "U":
             return Changes(version, epoch, False, {})
         if kind == "D":
-            sets: dict[str, Any] = {}
-            dels: list[str] = []
-            for k, v in zip(reply[2], reply[3], strict=True):
-                if v is None:
-                    dels.append(_text(k))
-                else:
-                    sets[_text(k)] = loads(_text(v))
-            return Changes(version, epoch, False, sets, dels)
+            return _changes(reply[1:], epoch)
         it = iter(reply[2])
         data: dict[str, Any] = {}
         new_epoch = ""
@@ -543,11 +560,12 @@ class RedisRunContext:
         expected_version: int,
         lease: tuple[str, str] | None,
         next_lease: tuple[str, str, float] | None = None,
-    ) -> tuple[bool, str, bool]:
+        epoch: str = "",
+    ) -> CommitResult:
         """:meth:`commit`, then (when it succeeded) release ``lease`` (key, token) and take
-        ``next_lease`` (key, token, ttl), in the same script; returns (committed, the run's
-        epoch, whether ``next_lease`` was taken)."""
-        return await self._write(ops, expected_version, lease, next_lease)
+        ``next_lease`` (key, token, ttl), in the same script. On a version mismatch the
+        result carries the changes since ``expected_version`` when ``epoch`` is the run's."""
+        return await self._write(ops, expected_version, lease, next_lease, epoch)
 
     async def lease_holder(self, key: str) -> str | None:
         """The token holding lease ``key`` of this run, or None."""
@@ -570,7 +588,8 @@ class RedisRunContext:
         expected: int,
         lease: tuple[str, str] | None = None,
         next_lease: tuple[str, str, float] | None = None,
-    ) -> tuple[bool, str, bool]:
+        known_epoch: str = "",
+    ) -> CommitResult:
         store = self._store
         last: dict[str, PatchOperation] = {}
         for op in ops:  # the last operation on a key wins, as if applied in order
@@ -600,6 +619,7 @@ class RedisRunContext:
             lease[1] if lease else "",
             next_lease[1] if next_lease else "",
             _ms(next_lease[2]) if next_lease else 0,
+            known_epoch,
         ]
         for k, text in sets.items():
             args.append(k)
@@ -613,7 +633,9 @@ class RedisRunContext:
         )
         version = int(reply[0])
         if version < 0:
-            return False, "", False
+            if len(reply) > 2:
+                return CommitResult(False, changes=_changes(reply[2:], known_epoch))
+            return CommitResult(False)
         store.stats.commits += 1
         store.stats.bytes_written += written
         if store.cache_runs:
@@ -625,7 +647,7 @@ class RedisRunContext:
                 store._remember(self.run_id, _CachedRun(version, epoch, dict(sets)))
             else:
                 store._forget(self.run_id)
-        return True, _text(reply[1]), bool(int(reply[2]))
+        return CommitResult(True, _text(reply[1]), bool(int(reply[2])))
 
 
 class RedisStateStore:
