@@ -27,6 +27,7 @@ def test_thousand_runs_two_worker_processes(
             f"{report['nodes_per_s']} nodes/s"
         )
     assert report["audit"].pop("problem_examples") == [], report
+    assert 1 <= report["audit"].pop("node_commits_per_run") <= 10
     assert report["audit"] == {
         "runs_by_status": {"completed": 1000},
         "runs_with_wrong_commit_count": 0,

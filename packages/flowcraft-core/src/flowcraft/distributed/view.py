@@ -13,7 +13,7 @@ commit is still a compare-and-set on the version.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..context import InMemoryContext, PatchOperation
@@ -56,21 +56,21 @@ class Changes:
 
 class CommitResult:
     """Outcome of :meth:`IncrementalContext.commit_release`: ``ok``, the run's ``epoch``,
-    whether the next lease was ``next_taken``, and on a conflict possibly the ``changes``
-    since the expected version."""
+    which of the leases to take were ``taken`` (in order), and on a conflict possibly the
+    ``changes`` since the expected version."""
 
-    __slots__ = ("changes", "epoch", "next_taken", "ok")
+    __slots__ = ("changes", "epoch", "ok", "taken")
 
     def __init__(
         self,
         ok: bool,
         epoch: str = "",
-        next_taken: bool = False,
+        taken: list[bool] | None = None,
         changes: Changes | None = None,
     ) -> None:
         self.ok = ok
         self.epoch = epoch
-        self.next_taken = next_taken
+        self.taken = taken or []
         self.changes = changes
 
 
@@ -81,8 +81,9 @@ class IncrementalContext(Protocol):
     ``load_since`` returns only what changed after ``since`` (``epoch`` as returned before) and,
     with ``lease=(key, token, ttl_seconds)``, first takes that lease (``SET NX``) in the same
     request: None when the lease is held by someone else. ``commit_release`` is ``commit`` that
-    also releases ``lease=(key, token)`` when it succeeds and then takes ``next_lease``, all
-    in one atomic request (so the run is exactly as committed when that lease is taken).
+    also releases the committing deliveries' leases when it succeeds and then takes the
+    leases of successors, all in one atomic request (so the run is exactly as committed when
+    those leases are taken).
     ``lease_holder``, ``extend_lease`` and ``release_lease`` operate on the same lease keys.
     Stores without it get full loads.
     """
@@ -97,13 +98,15 @@ class IncrementalContext(Protocol):
         self,
         ops: list[PatchOperation],
         expected_version: int,
-        lease: tuple[str, str] | None,
-        next_lease: tuple[str, str, float] | None = None,
+        release: Sequence[tuple[str, str]] = (),
+        take: Sequence[tuple[str, str]] = (),
+        ttl_seconds: float = 0.0,
         epoch: str = "",
     ) -> CommitResult:
-        """Commit; on success release ``lease`` (key, token) and take ``next_lease`` (key,
-        token, ttl). On a version mismatch, may return the changes since
-        ``expected_version`` (when ``epoch`` is the run's) so no reload is needed."""
+        """Commit; on success release the leases ``release`` ((key, token) pairs) and take
+        the leases ``take`` for ``ttl_seconds``. On a version mismatch, may return the
+        changes since ``expected_version`` (when ``epoch`` is the run's), so no reload is
+        needed."""
         ...
 
     async def lease_holder(self, key: str) -> str | None:
@@ -292,7 +295,7 @@ class RunView:
     older than the view).
     """
 
-    __slots__ = ("data", "epoch", "lock", "rec", "state", "version")
+    __slots__ = ("data", "epoch", "lock", "pending", "rec", "state", "version")
 
     def __init__(
         self,
@@ -308,6 +311,8 @@ class RunView:
         self.state = state
         self.rec = rec
         self.lock = asyncio.Lock()
+        self.pending: list[Any] = []
+        """Outcomes waiting for the next group commit (see the adapter)."""
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, epoch: str = "") -> RunView | None:

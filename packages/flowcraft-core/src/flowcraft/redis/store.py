@@ -81,16 +81,16 @@ _CHUNK: Final = 1000  # arguments per HSET/HDEL call inside scripts (Lua's unpac
 _COMMIT_LUA: Final = (
     """
 -- KEYS[1] run hash, KEYS[2] shard's active index, KEYS[3] the run's change log,
--- KEYS[4] a lease to release after the commit (when ARGV[8] is its token), KEYS[5] a lease to
--- take after the commit (when ARGV[9] is a token; ARGV[10] its TTL in ms)
+-- KEYS[4 ..] node leases: ARGV[8] to release after the commit, then ARGV[9] to take after it
 -- ARGV[1] expected version (-1: no check)   ARGV[2] 'live' | 'final' | '' (status unchanged)
 -- ARGV[3] now (ms)   ARGV[4] retention (ms, 0 = keep)   ARGV[5] run id (index member)
--- ARGV[6] epoch for a new hash   ARGV[7] n = number of fields to set   ARGV[8] lease token
--- ARGV[11] the epoch the caller knows (on a version mismatch, the fields changed since the
+-- ARGV[6] epoch for a hash this creates   ARGV[7] n = number of fields to set
+-- ARGV[8] leases to release   ARGV[9] leases to take   ARGV[10] their TTL (ms)
+-- ARGV[11] the epoch the caller knows (on a version mismatch the fields changed since the
 -- expected version are returned, saving the caller a reload)
--- ARGV[12 .. 11+2n] field, value pairs; the rest: fields to delete
+-- then one token per lease (release, then take), 2n field/value pairs, fields to delete
 -- -> {-1, ''} version mismatch | {-1, 'D', version, fields, values} mismatch with changes
---    | {new version, epoch, 1 if the KEYS[5] lease was taken}
+--    | {new version, epoch, 1/0 per lease taken}
 local cur = tonumber(redis.call('HGET', KEYS[1], '@VERSION@') or '0')
 local expected = tonumber(ARGV[1])
 if expected >= 0 and cur ~= expected then
@@ -110,8 +110,10 @@ if not epoch then
   redis.call('HSET', KEYS[1], '@EPOCH@', epoch)
 end
 local v = cur + 1
-local last = 11 + 2 * tonumber(ARGV[7])
-local i = 12
+local nrel = tonumber(ARGV[8])
+local ntake = tonumber(ARGV[9])
+local i = 12 + nrel + ntake
+local last = i - 1 + 2 * tonumber(ARGV[7])
 while i <= last do
   local j = math.min(i + @CHUNK@ - 1, last)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
@@ -148,14 +150,17 @@ elseif ARGV[2] == 'live' then
 else
   redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[5])
 end
-if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) == ARGV[8] then
-  redis.call('DEL', KEYS[4])
+for k = 1, nrel do
+  if redis.call('GET', KEYS[3 + k]) == ARGV[11 + k] then
+    redis.call('DEL', KEYS[3 + k])
+  end
 end
-local got = 0
-if ARGV[9] ~= '' and redis.call('SET', KEYS[5], ARGV[9], 'NX', 'PX', ARGV[10]) then
-  got = 1
+local out = {v, epoch}
+for k = 1, ntake do
+  local key = KEYS[3 + nrel + k]
+  out[#out + 1] = redis.call('SET', key, ARGV[11 + nrel + k], 'NX', 'PX', ARGV[10]) and 1 or 0
 end
-return {v, epoch, got}
+return out
 """.replace("@CHUNK@", str(_CHUNK))
     .replace("@VERSION@", VERSION_FIELD)
     .replace("@EPOCH@", EPOCH_FIELD)
@@ -558,14 +563,16 @@ class RedisRunContext:
         self,
         ops: list[PatchOperation],
         expected_version: int,
-        lease: tuple[str, str] | None,
-        next_lease: tuple[str, str, float] | None = None,
+        release: Sequence[tuple[str, str]] = (),
+        take: Sequence[tuple[str, str]] = (),
+        ttl_seconds: float = 0.0,
         epoch: str = "",
     ) -> CommitResult:
-        """:meth:`commit`, then (when it succeeded) release ``lease`` (key, token) and take
-        ``next_lease`` (key, token, ttl), in the same script. On a version mismatch the
-        result carries the changes since ``expected_version`` when ``epoch`` is the run's."""
-        return await self._write(ops, expected_version, lease, next_lease, epoch)
+        """:meth:`commit`, then (when it succeeded) release the leases ``release`` ((key,
+        token) pairs) and take the leases ``take`` for ``ttl_seconds``, in the same script.
+        On a version mismatch the result carries the changes since ``expected_version`` when
+        ``epoch`` is the run's."""
+        return await self._write(ops, expected_version, release, take, ttl_seconds, epoch)
 
     async def lease_holder(self, key: str) -> str | None:
         """The token holding lease ``key`` of this run, or None."""
@@ -586,8 +593,9 @@ class RedisRunContext:
         self,
         ops: Sequence[PatchOperation],
         expected: int,
-        lease: tuple[str, str] | None = None,
-        next_lease: tuple[str, str, float] | None = None,
+        release: Sequence[tuple[str, str]] = (),
+        take: Sequence[tuple[str, str]] = (),
+        ttl_seconds: float = 0.0,
         known_epoch: str = "",
     ) -> CommitResult:
         store = self._store
@@ -614,23 +622,23 @@ class RedisRunContext:
             int(time.time() * 1000),
             store.retention_ms,
             self.run_id,
-            uuid.uuid4().hex,
+            uuid.uuid4().hex if expected <= 0 else "",  # epoch of a hash this creates
             len(sets),
-            lease[1] if lease else "",
-            next_lease[1] if next_lease else "",
-            _ms(next_lease[2]) if next_lease else 0,
+            len(release),
+            len(take),
+            _ms(ttl_seconds),
             known_epoch,
         ]
+        keys = [self._hash, self._active, self._changes]
+        layout = store.layout
+        for k, token in (*release, *take):
+            keys.append(layout.lease(self.run_id, k))
+            args.append(token)
         for k, text in sets.items():
             args.append(k)
             args.append(text)
         args.extend(dels)
-        layout = store.layout
-        lease_key = layout.lease(self.run_id, lease[0]) if lease else self._hash
-        next_key = layout.lease(self.run_id, next_lease[0]) if next_lease else self._hash
-        reply = await store._commit(
-            keys=[self._hash, self._active, self._changes, lease_key, next_key], args=args
-        )
+        reply = await store._commit(keys=keys, args=args)
         version = int(reply[0])
         if version < 0:
             if len(reply) > 2:
@@ -647,7 +655,7 @@ class RedisRunContext:
                 store._remember(self.run_id, _CachedRun(version, epoch, dict(sets)))
             else:
                 store._forget(self.run_id)
-        return CommitResult(True, _text(reply[1]), bool(int(reply[2])))
+        return CommitResult(True, _text(reply[1]), [bool(int(x)) for x in reply[2:]])
 
 
 class RedisStateStore:
