@@ -830,11 +830,24 @@ class BaseDistributedAdapter(ABC):
         if queue_mode:
             run.attempt_window = (job.attempt, job.attempt)
         task = asyncio.current_task()
-        beat = asyncio.create_task(self._heartbeat(ctx, job, lease.key, task))
+        # The heartbeat starts only once a beat is due: most nodes finish before that, and
+        # a timer is cheaper than a task per node.
+        loop = asyncio.get_running_loop()
+        beats: list[asyncio.Task[None]] = []
+        executing = [True]  # the heartbeat cancels the node, never its commit or publish
+        due = loop.call_later(
+            self._beat_interval(),
+            lambda: beats.append(
+                loop.create_task(self._heartbeat(ctx, job, lease.key, task, executing))
+            ),
+        )
         try:
             await self._fault("before_execute", job)
             run.kernel.on_started(act)
-            outcome = await rt._execute(run, act)
+            try:
+                outcome = await rt._execute(run, act)
+            finally:
+                executing[0] = False
             await run.flush()
             await self._fault("after_execute", job)
             if (
@@ -864,7 +877,9 @@ class BaseDistributedAdapter(ABC):
                 ctx, view, plan, act, outcome, deltas, job, lease=lease, inline=budget > 0
             )
         finally:
-            beat.cancel()
+            due.cancel()
+            for b in beats:
+                b.cancel()
 
     def _check_values(
         self,
@@ -898,21 +913,30 @@ class BaseDistributedAdapter(ABC):
         job: JobPayload,
         lease_key: str,
         task: asyncio.Task[Any] | None,
+        executing: list[bool],
     ) -> None:
-        interval = max(self.lease_seconds / 3, 0.05)
+        interval = self._beat_interval()
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self._extend_lease(ctx, lease_key)
                 await self.extend_job_lease(job)
                 rec = await ctx.get(sk.RUN_KEY)
                 # A final run (cancelled, or failed by another branch: A5) discards this
                 # node's outcome anyway, so stop the node now.
-                if isinstance(rec, Mapping) and rec.get("status") in FINAL_STATUSES and task:
+                if (
+                    isinstance(rec, Mapping)
+                    and rec.get("status") in FINAL_STATUSES
+                    and task
+                    and executing[0]
+                ):
                     task.cancel()
                     return
             except Exception:
                 log.exception("heartbeat for %s failed", lease_key)
+            await asyncio.sleep(interval)
+
+    def _beat_interval(self) -> float:
+        return max(self.lease_seconds / 3, 0.05)
 
     async def _commit_outcome(
         self,

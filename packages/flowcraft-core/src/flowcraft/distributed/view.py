@@ -437,7 +437,12 @@ class RunView:
     def adopt(
         self, version: int, state: RunState, data: dict[str, Any], rec: dict[str, Any]
     ) -> None:
-        """After a successful commit at ``version``: the fork becomes the view."""
+        """After a successful commit at ``version``: the fork becomes the view (with plain
+        dicts again: the view is only read)."""
+        for name in ("nodes", "edges", "inputs", "batches"):
+            d = getattr(state, name)
+            if type(d) is Tracked:
+                setattr(state, name, dict(d))
         self.version = version
         self.state = state
         self.data = data
