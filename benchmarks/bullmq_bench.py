@@ -1,7 +1,7 @@
 """BullMQ adapter benchmark: Flowcraft nodes/s and per-hop latency on BullMQ + Redis, next to
 raw BullMQ job throughput on the same Redis. Prints one JSON document.
 
-    uv run python benchmarks/bullmq_bench.py [--redis-url URL] [--repeat 3] [--quick]
+    uv run python benchmarks/bullmq_bench.py [--redis-url URL] [--repeat 5] [--quick]
 
 Flowcraft is measured twice: as shipped (``inline_successors=64``: the worker that commits a
 node runs the node it made ready, so a chain hop costs one Redis round trip and no queue hop)
@@ -167,9 +167,7 @@ def _opts() -> dict[str, Any]:
 class Workers:
     """``count`` worker processes running ``target``."""
 
-    def __init__(
-        self, target: Any, count: int, url: str, prefix: str, n: int, *extra: Any
-    ) -> None:
+    def __init__(self, target: Any, count: int, url: str, prefix: str, n: int, *extra: Any) -> None:
         ctx = mp.get_context("spawn")
         self.stop = ctx.Event()
         self.procs = []
@@ -264,128 +262,156 @@ async def round_trips(url: str, action: Any, settle: float = 0.3) -> dict[str, i
     return dict(sorted(seen.items(), key=lambda kv: -kv[1]))
 
 
-async def bench_flowcraft(
-    url: str, scenario: str, workers: int, n: int, repeat: int, inline: int = 64
-) -> dict[str, Any]:
-    """Best of ``repeat`` runs of ``scenario`` (after one warm-up run), workers with
-    ``inline_successors=inline``."""
-    import redis.asyncio as aioredis
-    from flowcraft_bullmq import BullMQAdapter
+class FlowcraftBench:
+    """Flowcraft worker processes (``inline_successors=inline``) and a client, for
+    measuring one scenario repeatedly."""
 
-    prefix = f"bench{uuid.uuid4().hex[:6]}"
-    nodes = n if scenario == "chain" else n + 2
-    stats = aioredis.Redis.from_url(url)
-    client = BullMQAdapter(
-        url,
-        queue_name="bench",
-        prefix=prefix,
-        runtime_options={"registry": REGISTRY, "blueprints": blueprints(n)},
-    )
-    best: dict[str, Any] | None = None
-    try:
-        with Workers(flowcraft_worker, workers, url, prefix, n, inline):
-            for i in range(repeat + 1):
-                await asyncio.sleep(0.2)  # let the previous run's acks settle
-                before = await commandstats(stats)
-                t0 = time.perf_counter()
-                rid = await client.start_run(scenario)
-                res = await client.result(rid, 300)
-                dt = time.perf_counter() - t0
-                after = await commandstats(stats)
-                expect = n if scenario == "chain" else 2 * n
-                last = f"n{n - 1}" if scenario == "chain" else "join"
-                if res.status != "completed" or res.outputs.get(last) != expect:
-                    raise RuntimeError(f"wrong result: {res.status} {res.outputs.get(last)}")
+    def __init__(self, url: str, scenario: str, workers: int, n: int, inline: int) -> None:
+        import redis.asyncio as aioredis
+        from flowcraft_bullmq import BullMQAdapter
+
+        self.url, self.scenario, self.n = url, scenario, n
+        self.prefix = f"bench{uuid.uuid4().hex[:6]}"
+        self.nodes = n if scenario == "chain" else n + 2
+        self.stats = aioredis.Redis.from_url(url)
+        self.client = BullMQAdapter(
+            url,
+            queue_name="bench",
+            prefix=self.prefix,
+            runtime_options={"registry": REGISTRY, "blueprints": blueprints(n)},
+        )
+        self.workers = Workers(flowcraft_worker, workers, url, self.prefix, n, inline)
+
+    async def __aenter__(self) -> FlowcraftBench:
+        self.workers.__enter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.workers.__exit__()
+        await _unlink_prefix(self.stats, self.prefix)
+        await self.client.aclose()
+        await self.stats.aclose()
+
+    async def once(self) -> dict[str, Any]:
+        """One run: time, throughput and Redis commands (incl. those inside scripts)."""
+        n, nodes = self.n, self.nodes
+        await asyncio.sleep(0.2)  # let the previous run's acks settle
+        before = await commandstats(self.stats)
+        t0 = time.perf_counter()
+        res = await self.client.result(await self.client.start_run(self.scenario), 300)
+        dt = time.perf_counter() - t0
+        after = await commandstats(self.stats)
+        expect = n if self.scenario == "chain" else 2 * n
+        last = f"n{n - 1}" if self.scenario == "chain" else "join"
+        if res.status != "completed" or res.outputs.get(last) != expect:
+            raise RuntimeError(f"wrong result: {res.status} {res.outputs.get(last)}")
+        total = sum(delta(before, after).values())
+        return {
+            "seconds": round(dt, 4),
+            "nodes": nodes,
+            "nodes_per_s": round(nodes / dt, 1),
+            "per_hop_ms": round(dt / nodes * 1000, 3),
+            "redis_commands_incl_script_internals_per_node": round(total / nodes, 2),
+        }
+
+    async def round_trips(self, row: dict[str, Any]) -> None:
+        """Add round trips per node, counted with ``MONITOR`` in one more (untimed) run."""
+
+        async def one_run() -> None:
+            await self.client.result(await self.client.start_run(self.scenario), 300)
+
+        rt = await round_trips(self.url, one_run)
+        row["round_trips_per_node"] = round(sum(rt.values()) / self.nodes, 2)
+        row["round_trips_by_request"] = {k: round(v / self.nodes, 2) for k, v in rt.items()}
+
+
+class RawBench:
+    """Raw BullMQ worker processes: a chain of ``n`` jobs (each adds the next) or ``n``
+    independent jobs."""
+
+    def __init__(self, url: str, scenario: str, workers: int, n: int) -> None:
+        import redis.asyncio as aioredis
+        from bullmq import Queue
+
+        self.scenario, self.n = scenario, n
+        self.prefix = f"raw{uuid.uuid4().hex[:6]}"
+        self.stats = aioredis.Redis.from_url(url)
+        conn = aioredis.Redis.from_url(url, decode_responses=True)
+        self.q = Queue("raw", {"connection": conn, "prefix": self.prefix})
+        self.workers = Workers(raw_worker, workers, url, self.prefix, n)
+
+    async def __aenter__(self) -> RawBench:
+        self.workers.__enter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.workers.__exit__()
+        await _unlink_prefix(self.stats, self.prefix)
+        await self.q.close()
+        await self.stats.aclose()
+
+    async def once(self) -> dict[str, Any]:
+        """One run: time, throughput and Redis commands (incl. those inside scripts)."""
+        n, prefix, q = self.n, self.prefix, self.q
+        await asyncio.sleep(0.2)
+        run = uuid.uuid4().hex[:8]
+        done_key = f"{prefix}:done:{run}"
+        before = await commandstats(self.stats)
+        t0 = time.perf_counter()
+        if self.scenario == "chain":
+            await q.add("j", {"chain": 0, "run": run}, _opts())
+            expect = 1
+        else:
+            await q.addBulk(
+                [{"name": "j", "data": {"i": k, "run": run}, "opts": _opts()} for k in range(n)]
+            )
+            expect = n
+        for _ in range(expect):  # one entry per finished chain / job
+            if await self.stats.blpop([done_key], 60) is None:
+                raise RuntimeError("raw BullMQ run did not finish")
+        dt = time.perf_counter() - t0
+        calls = delta(before, await commandstats(self.stats))
+        total = sum(calls.values()) - sum(v for k, v in calls.items() if k in ("blpop", "rpush"))
+        return {
+            "seconds": round(dt, 4),
+            "jobs": n,
+            "jobs_per_s": round(n / dt, 1),
+            "per_hop_ms": round(dt / n * 1000, 3),
+            "redis_commands_incl_script_internals_per_job": round(total / n, 2),
+        }
+
+
+async def _unlink_prefix(r: Any, prefix: str) -> None:
+    keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=1000)]
+    for i in range(0, len(keys), 1000):
+        await r.unlink(*keys[i : i + 1000])
+
+
+async def measure(
+    url: str, scenario: str, workers: int, n: int, repeat: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Best of ``repeat`` runs (after a warm-up) of raw BullMQ, Flowcraft and Flowcraft with
+    every node a job, the three interleaved run by run so they share the machine's state."""
+    async with (
+        RawBench(url, scenario, workers, n) as raw,
+        FlowcraftBench(url, scenario, workers, n, 64) as fc,
+        FlowcraftBench(url, scenario, workers, n, 0) as jobs,
+    ):
+        benches: list[Any] = [raw, fc, jobs]
+        best: list[dict[str, Any] | None] = [None, None, None]
+        for i in range(repeat + 1):
+            for k, bench in enumerate(benches):
+                row = await bench.once()
                 if i == 0:
                     continue  # warm-up
-                calls = delta(before, after)
-                total = sum(calls.values())
-                row = {
-                    "seconds": round(dt, 4),
-                    "nodes": nodes,
-                    "nodes_per_s": round(nodes / dt, 1),
-                    "per_hop_ms": round(dt / nodes * 1000, 3),
-                    "redis_commands_incl_script_internals_per_node": round(total / nodes, 2),
-                }
-                if best is None or row["seconds"] < best["seconds"]:
-                    best = row
-
-            async def one_run() -> None:
-                await client.result(await client.start_run(scenario), 300)
-
-            rt = await round_trips(url, one_run)
-            assert best is not None
-            total_rt = sum(rt.values())
-            best["round_trips_per_node"] = round(total_rt / nodes, 2)
-            best["round_trips_by_request"] = {k: round(v / nodes, 2) for k, v in rt.items()}
-    finally:
-        keys = [k async for k in stats.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await stats.unlink(*keys[i : i + 1000])
-        await client.aclose()
-        await stats.aclose()
-    assert best is not None
-    return best
-
-
-async def bench_raw(url: str, scenario: str, workers: int, n: int, repeat: int) -> dict[str, Any]:
-    """Raw BullMQ: a chain of ``n`` jobs (each adds the next) or ``n`` independent jobs."""
-    import redis.asyncio as aioredis
-    from bullmq import Queue
-
-    prefix = f"raw{uuid.uuid4().hex[:6]}"
-    stats = aioredis.Redis.from_url(url)
-    q = Queue(
-        "raw", {"connection": aioredis.Redis.from_url(url, decode_responses=True), "prefix": prefix}
-    )
-    best: dict[str, Any] | None = None
-    try:
-        with Workers(raw_worker, workers, url, prefix, n):
-            for i in range(repeat + 1):
-                await asyncio.sleep(0.2)
-                run = uuid.uuid4().hex[:8]
-                done_key = f"{prefix}:done:{run}"
-                before = await commandstats(stats)
-                t0 = time.perf_counter()
-                if scenario == "chain":
-                    await q.add("j", {"chain": 0, "run": run}, _opts())
-                    expect = 1
-                else:
-                    await q.addBulk(
-                        [
-                            {"name": "j", "data": {"i": k, "run": run}, "opts": _opts()}
-                            for k in range(n)
-                        ]
-                    )
-                    expect = n
-                for _ in range(expect):  # one entry per finished chain / job
-                    if await stats.blpop([done_key], 60) is None:
-                        raise RuntimeError("raw BullMQ run did not finish")
-                dt = time.perf_counter() - t0
-                after = await commandstats(stats)
-                if i == 0:
-                    continue
-                calls = delta(before, after)
-                total = sum(calls.values()) - sum(
-                    v for k, v in calls.items() if k in ("blpop", "rpush")
-                )
-                row = {
-                    "seconds": round(dt, 4),
-                    "jobs": n,
-                    "jobs_per_s": round(n / dt, 1),
-                    "per_hop_ms": round(dt / n * 1000, 3),
-                    "redis_commands_incl_script_internals_per_job": round(total / n, 2),
-                }
-                if best is None or row["seconds"] < best["seconds"]:
-                    best = row
-    finally:
-        keys = [k async for k in stats.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await stats.unlink(*keys[i : i + 1000])
-        await q.close()
-        await stats.aclose()
-    assert best is not None
-    return best
+                current = best[k]
+                if current is None or row["seconds"] < current["seconds"]:
+                    best[k] = row
+        raw_row, fc_row, jobs_row = best
+        assert raw_row is not None and fc_row is not None and jobs_row is not None
+        await fc.round_trips(fc_row)
+        await jobs.round_trips(jobs_row)
+    return raw_row, fc_row, jobs_row
 
 
 def redis_url(arg: str | None) -> tuple[str, str]:
@@ -401,7 +427,7 @@ def redis_url(arg: str | None) -> tuple[str, str]:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--redis-url")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="20 nodes, 1 repetition (smoke run)")
     args = ap.parse_args()
     n = 20 if args.quick else WIDTH
@@ -432,11 +458,10 @@ async def main() -> None:
     for workers in (1, 2):
         for scenario in ("chain", "fan"):
             key = f"{scenario}_{n}_{workers}w"
-            out["raw_bullmq"][key] = await bench_raw(url, scenario, workers, n, repeat)
-            out["flowcraft"][key] = await bench_flowcraft(url, scenario, workers, n, repeat)
-            out["flowcraft_every_node_a_job"][key] = await bench_flowcraft(
-                url, scenario, workers, n, repeat, inline=0
-            )
+            raw, fc, jobs = await measure(url, scenario, workers, n, repeat)
+            out["raw_bullmq"][key] = raw
+            out["flowcraft"][key] = fc
+            out["flowcraft_every_node_a_job"][key] = jobs
     cmp: dict[str, Any] = {}
     for key, fc in out["flowcraft"].items():
         raw = out["raw_bullmq"][key]

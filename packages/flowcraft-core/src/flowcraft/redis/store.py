@@ -70,6 +70,7 @@ _VERSION_B: Final = VERSION_FIELD.encode()
 _EPOCH_B: Final = EPOCH_FIELD.encode()
 _RESERVED: Final = (VERSION_FIELD, EPOCH_FIELD)
 _JSON: Final = json.JSONDecoder()
+_dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _SHARED_PREFIXES: Final = ("_fc.node.", "_fc.edge.")
 """Engine keys whose decoded values a cache may hand out to several snapshots: node records
 and edge flags are only ever read (into fresh ``NodeState`` objects). Other values are shared
@@ -88,7 +89,9 @@ _COMMIT_LUA: Final = (
 -- ARGV[8] leases to release   ARGV[9] leases to take   ARGV[10] their TTL (ms)
 -- ARGV[11] the epoch the caller knows (on a version mismatch the fields changed since the
 -- expected version are returned, saving the caller a reload)
--- then one token per lease (release, then take), 2n field/value pairs, fields to delete
+-- then one token per lease (release, then take), then two JSON arrays (one argument each, so
+-- a commit is a few arguments however many keys it writes): field, value, field, value, ...
+-- to set (n pairs) and fields to delete
 -- -> {-1, ''} version mismatch | {-1, 'D', version, fields, values} mismatch with changes
 --    | {new version, epoch, 1/0 per lease taken}
 local cur = tonumber(redis.call('HGET', KEYS[1], '@VERSION@') or '0')
@@ -112,27 +115,30 @@ end
 local v = cur + 1
 local nrel = tonumber(ARGV[8])
 local ntake = tonumber(ARGV[9])
-local i = 12 + nrel + ntake
-local last = i - 1 + 2 * tonumber(ARGV[7])
+local sets = cjson.decode(ARGV[12 + nrel + ntake])
+local dels = cjson.decode(ARGV[13 + nrel + ntake])
+local i = 1
+local last = #sets
 while i <= last do
   local j = math.min(i + @CHUNK@ - 1, last)
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
+  redis.call('HSET', KEYS[1], unpack(sets, i, j))
   local log = {}
   for k = i, j, 2 do
     log[#log + 1] = v
-    log[#log + 1] = ARGV[k]
+    log[#log + 1] = sets[k]
   end
   redis.call('ZADD', KEYS[3], unpack(log))
   i = j + 1
 end
-local n = #ARGV
-while i <= n do
-  local j = math.min(i + @CHUNK@ - 1, n)
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))
+i = 1
+last = #dels
+while i <= last do
+  local j = math.min(i + @CHUNK@ - 1, last)
+  redis.call('HDEL', KEYS[1], unpack(dels, i, j))
   local log = {}
   for k = i, j do
     log[#log + 1] = v
-    log[#log + 1] = ARGV[k]
+    log[#log + 1] = dels[k]
   end
   redis.call('ZADD', KEYS[3], unpack(log))
   i = j + 1
@@ -634,10 +640,12 @@ class RedisRunContext:
         for k, token in (*release, *take):
             keys.append(layout.lease(self.run_id, k))
             args.append(token)
+        flat: list[str] = []
         for k, text in sets.items():
-            args.append(k)
-            args.append(text)
-        args.extend(dels)
+            flat.append(k)
+            flat.append(text)
+        args.append(_dumps(flat))
+        args.append(_dumps(dels))
         reply = await store._commit(keys=keys, args=args)
         version = int(reply[0])
         if version < 0:
