@@ -219,7 +219,6 @@ def _script_names() -> dict[str, str]:
     scripts = {
         "flowcraft commit": store._COMMIT_LUA,
         "flowcraft load": store._LOAD_SINCE_LUA,
-        "flowcraft load+lease": store._LOAD_AND_LEASE_LUA,
         "flowcraft incr": store._INCR_LUA,
         "flowcraft lease release": store._CAD_LUA,
     }

@@ -244,16 +244,51 @@ async def test_reserved_version_field_and_unstorable_values(store: RedisStateSto
     assert (await ctx.load()).version == 0
 
 
-async def test_load_and_lease_in_one_round_trip(store: RedisStateStore) -> None:
+async def test_load_since_takes_the_lease_and_reads_only_changes(store: RedisStateStore) -> None:
     ctx = store.context("l")
     await ctx.commit([live(), PatchOperation("set", "a", 1)], 0)
-    snap, got = await ctx.load_and_lease("node:a:0", "w1", 10)
-    assert got is True
-    assert (snap.data["a"], snap.version) == (1, 1)
-    snap2, got2 = await ctx.load_and_lease("node:a:0", "w2", 10)
-    assert got2 is False
-    assert snap2.version == 1
-    assert await store.client.get(store.layout.lease("l", "node:a:0")) == b"w1"
+    full = await ctx.load_since(0, "", ("node:a:0", "w1", 10))
+    assert full is not None and full.full
+    assert (full.sets["a"], full.version) == (1, 1)
+    assert await ctx.load_since(1, full.epoch, ("node:a:0", "w2", 10)) is None  # held by w1
+    assert await ctx.lease_holder("node:a:0") == "w1"
+    await ctx.commit([PatchOperation("set", "b", [2]), PatchOperation("delete", "a")], 1)
+    ch = await ctx.load_since(1, full.epoch)
+    assert ch is not None
+    assert (ch.full, ch.version, ch.sets, ch.deletes) == (False, 2, {"b": [2]}, ("a",))
+    unchanged = await ctx.load_since(2, full.epoch)
+    assert unchanged is not None and (unchanged.sets, unchanged.version) == ({}, 2)
+    other = await ctx.load_since(2, "another-epoch")
+    assert other is not None and other.full  # a recreated run: everything again
+
+
+async def test_commit_release_moves_leases_and_reports_conflicts(store: RedisStateStore) -> None:
+    ctx = store.context("m")
+    r0 = await ctx.commit_release([live()], 0)
+    assert r0.ok
+    assert await ctx.load_since(0, "", ("node:a:0", "w1", 10)) is not None
+    await store.client.set(store.layout.lease("m", "node:c:0"), "someone")
+    r1 = await ctx.commit_release(
+        [PatchOperation("set", "x", 1)],
+        1,
+        release=[("node:a:0", "w1")],
+        take=[("node:b:0", "w1"), ("node:c:0", "w1")],
+        ttl_seconds=10,
+        epoch=r0.epoch,
+    )
+    assert (r1.ok, r1.taken) == (True, [True, False])
+    assert await ctx.lease_holder("node:a:0") is None
+    assert await ctx.lease_holder("node:b:0") == "w1"
+    assert await ctx.lease_holder("node:c:0") == "someone"
+    stale = await ctx.commit_release(
+        [PatchOperation("set", "y", 2)], 1, release=[("node:b:0", "w1")], epoch=r0.epoch
+    )
+    assert not stale.ok
+    assert stale.changes is not None
+    assert (stale.changes.version, stale.changes.sets["x"]) == (2, 1)
+    assert await ctx.lease_holder("node:b:0") == "w1"  # a refused commit releases nothing
+    assert await ctx.release_lease("node:b:0", "w1")
+    assert await ctx.lease_holder("node:b:0") is None
 
 
 # -- index, retention and layout -----------------------------------------------------------------

@@ -1447,7 +1447,7 @@ class BaseDistributedAdapter(ABC):
             outcome: tuple[int, Any] = (_ERR, rec)
             deltas: dict[str, PatchOperation] = {}
         else:
-            tmp = _Run(plan, st, SnapshotContext(view.data), {}, None, 1, {})
+            tmp = _Run(plan, view.exec_state(node.id), SnapshotContext(view.data), {}, None, 1, {})
             tmp.deltas = {}
             out = self.runtime._subflow_output(tmp, node, child)
             outcome = (_OUTCOME_RESUME, NodeResult(out))

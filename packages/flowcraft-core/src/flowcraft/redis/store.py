@@ -12,7 +12,8 @@ Key layout (``prefix`` defaults to ``flowcraft:``; ``{sN}`` is a Redis Cluster h
                                    ``_fc.epoch`` (a random id set when the hash is created)
     <prefix>{s<N>}:chg:<run id>    sorted set: field name -> version that last wrote or deleted it
     <prefix>{s<N>}:active          sorted set: non-final runs of shard N, score = last update (ms)
-    <prefix>{s<N>}:lease:<key>     node leases taken together with a load (see ``load_and_lease``)
+    <prefix>{s<N>}:lease:<key>     node leases, taken together with a load (``load_since``) and
+                                   released / taken together with a commit (``commit_release``)
     <prefix>coord:<key>            other coordination keys (plain strings, own TTLs)
     <prefix>final:<run id>         pub/sub channel announcing that a run became final
 
@@ -22,14 +23,17 @@ slots. All processes of one deployment must use the same ``prefix`` and ``shards
 
 A commit is ONE script: check the version, ``HSET``/``HDEL`` the changed fields, note them
 in the change log, bump the version, and keep the active-run index in step (``ZADD`` while
-live; ``ZREM`` and the retention ``PEXPIRE`` when the run becomes final). Nothing expires while
+live; ``ZREM`` and the retention ``PEXPIRE`` when the run becomes final); the same script
+releases the committing jobs' node leases and takes the leases of inline successors, and on a
+version conflict returns the fields changed since the expected version. Nothing expires while
 a run is live.
 
-A load is ONE script too. A store remembers the runs it recently loaded or committed (version,
-epoch, each field's JSON text; ``cache_runs`` of them): loading such a run again transfers only
-the fields changed since (nothing at all when the version is unchanged, e.g. the next node of
-a chain on the worker that committed the previous one). Values are still decoded afresh for
-every snapshot, except engine node records and edge flags, which the engine only reads.
+A load is ONE script too (``load_since`` also takes a node lease first, for workers that keep
+their own decoded view of the run: :mod:`flowcraft.distributed.view`). A store remembers the
+runs it recently loaded or committed (version, epoch, each field's JSON text; ``cache_runs`` of
+them): loading such a run again transfers only the fields changed since (nothing at all when
+the version is unchanged). Values are still decoded afresh for every snapshot, except engine
+node records and edge flags, which the engine only reads.
 """
 
 from __future__ import annotations
@@ -199,12 +203,6 @@ if since > 0 and since <= cur and redis.call('HGET', KEYS[1], '@EPOCH@') == ARGV
 end
 return {'F', cur, redis.call('HGETALL', KEYS[1])}
 """.replace("@VERSION@", VERSION_FIELD).replace("@EPOCH@", EPOCH_FIELD)
-
-_LOAD_AND_LEASE_LUA: Final = """
--- KEYS[1] run hash, KEYS[2] lease key; ARGV[1] token, ARGV[2] lease ttl (ms)
-local ok = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-return {ok and 1 or 0, redis.call('HGETALL', KEYS[1])}
-"""
 
 _INCR_LUA: Final = """
 local n = redis.call('INCR', KEYS[1])
@@ -512,17 +510,6 @@ class RedisRunContext:
         store._remember(self.run_id, cached)
         return cached.snapshot()
 
-    async def load_and_lease(
-        self, lease_key: str, token: str, ttl_seconds: float
-    ) -> tuple[Snapshot, bool]:
-        """Take the lease ``lease_key`` (``SET NX PX`` in the run's slot) and load the run, in
-        one round trip; returns the snapshot and whether the lease was taken."""
-        got, raw = await self._store._load_and_lease(
-            keys=[self._hash, self._store.layout.lease(self.run_id, lease_key)],
-            args=[token, _ms(ttl_seconds)],
-        )
-        return _decode_hash(raw), bool(got)
-
     async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
         """See DistributedContext: one script (version check, HSET/HDEL, version bump,
         active-run index, retention when the run became final)."""
@@ -695,7 +682,6 @@ class RedisStateStore:
         self.stats = stats or RedisStoreStats()
         self.coordination = RedisCoordinationStore(client, self.layout)
         self._commit = client.register_script(_COMMIT_LUA)
-        self._load_and_lease = client.register_script(_LOAD_AND_LEASE_LUA)
         self._load_since = client.register_script(_LOAD_SINCE_LUA)
         self._watcher: _FinalWatcher | None = None
 

@@ -167,6 +167,17 @@ def _edges(*pairs: tuple[str, str] | tuple[str, str, str | None]) -> list[dict[s
 # -- 1. linear chain -------------------------------------------------------------------------
 
 
+LINEAR_CONTEXT: dict[str, Any] = {
+    "start": 0,
+    "greeting": "hi",
+    "b.seen": True,
+    "_outputs.a": 1,
+    "_outputs.b": 2,
+    "_outputs.c": "c:2",
+}
+"""The final context of :func:`linear` run with ``{"start": 0}``."""
+
+
 def linear(probe: Probe | None = None) -> Scenario:
     """``a -> b -> c``: context writes and outputs passed along."""
     p = probe or Probe()
