@@ -5,6 +5,7 @@ waiting, the active-run index and retention."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -92,6 +93,17 @@ async def wait_for(pred: Callable[[], Any], what: str, timeout: float = 10.0) ->
         await asyncio.sleep(0.01)
 
 
+async def _close_raw_worker(w: Worker, running: asyncio.Task[Any]) -> None:
+    """Close a plain BullMQ worker that is idle. (bullmq-python's graceful close can wait
+    forever when it races the worker's blocking fetch: force it, bounded.)"""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(w.close(force=True), 5)
+    if not running.done():
+        running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(running, 5)
+
+
 async def counts(a: BullMQAdapter) -> dict[str, int]:
     return dict(await a.queue.getJobCounts())
 
@@ -126,8 +138,7 @@ async def test_reconcile_is_never_swallowed_by_a_retained_job(env: Env) -> None:
     raw = Worker("q", give_up, {"connection": env.url, "prefix": env.prefix, "autorun": False})
     running = asyncio.create_task(raw.run())
     await wait_for(lambda: _failed(c, first), "the job to fail in BullMQ")
-    await raw.close()
-    await running
+    await _close_raw_worker(raw, running)
     await c.enqueue_job(JobPayload(run_id=rid, blueprint_id="chain", node_id="a"))
     assert (await counts(c))["waiting"] == 0  # a plain re-enqueue is deduplicated
     assert await c.reconcile(rid) == ["a"]
