@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flowcraft.testing.killable import assert_exact, executions
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bullmq_proc_app as app
 from flowcraft_bullmq import BullMQAdapter
-
-EXPECTED_OUTPUTS = {"a": 1, "b": 2, "c": 2, "d": 5, "e": 6}
 
 
 async def _supervised_run(
@@ -101,27 +100,14 @@ async def _supervised_run(
         await client.aclose()
 
 
-def _executions(tmp: Path) -> list[tuple[str, str]]:
-    lines = (tmp / "executions.log").read_text().splitlines()
-    return [(ln.split()[0], ln.split()[1]) for ln in lines]
-
-
-def _assert_exact(result: Any) -> None:
-    assert result.status == "completed"
-    assert result.node_statuses == dict.fromkeys("abcde", "completed")
-    assert result.outputs == EXPECTED_OUTPUTS
-    for n in "abcde":
-        assert result.context[f"trail.{n}"] == [n]  # committed exactly once
-
-
 @pytest.mark.slow
 async def test_undisturbed_run_gives_the_reference_result(
     redis_url: str, unique_prefix: str, tmp_path: Path
 ) -> None:
     result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, {})
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 0
-    assert sorted(_executions(tmp_path)) == sorted(
+    assert sorted(executions(tmp_path)) == sorted(
         [(n, "start") for n in "abcde"] + [(n, "end") for n in "abcde"]
     )
 
@@ -130,9 +116,9 @@ async def test_undisturbed_run_gives_the_reference_result(
 async def test_sigkill_mid_node(redis_url: str, unique_prefix: str, tmp_path: Path) -> None:
     env = {"FC_KILL_IN_NODE": "b"}
     result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, env)
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 1
-    ex = _executions(tmp_path)
+    ex = executions(tmp_path)
     assert ex.count(("b", "start")) == 2
     assert ex.count(("b", "end")) == 1
     for n in "acde":
@@ -165,9 +151,9 @@ async def test_sigkill_at_step_point(
     (``inline=0``) or with inline successors (``inline=64``)."""
     env = {"FC_KILL_AT_POINT": point, "FC_KILL_POINT_NODE": node}
     result, deaths = await _supervised_run(redis_url, unique_prefix, tmp_path, env, inline=inline)
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 1
-    ex = _executions(tmp_path)
+    ex = executions(tmp_path)
     committed_before_kill = point in ("after_commit", "between_enqueues")
     ran_before_kill = point not in ("after_receive", "before_execute")
     expected_runs = 1 if committed_before_kill or not ran_before_kill else 2

@@ -30,6 +30,7 @@ from flowcraft.distributed.adapter import BaseDistributedAdapter
 from flowcraft.redis import connect
 from flowcraft.testing.conformance import AdapterConformanceSuite, Cluster, until
 from flowcraft.testing.conformance import scenarios as sc
+from flowcraft.testing.killable import assert_exact, executions
 from flowcraft_rabbitmq import PostgresRunStore, PostgresStoreStats, RabbitMQAdapter
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -417,28 +418,15 @@ async def _supervised(rabbit: RabbitBackend, tmp: Path, env: dict[str, str]) -> 
             p.join(20)
 
 
-def _executions(tmp: Path) -> list[tuple[str, str]]:
-    lines = (tmp / "executions.log").read_text().splitlines()
-    return [(ln.split()[0], ln.split()[1]) for ln in lines]
-
-
-def _assert_exact(result: Any) -> None:
-    assert result.status == "completed"
-    assert result.node_statuses == dict.fromkeys("abcde", "completed")
-    assert result.outputs == app.EXPECTED_OUTPUTS
-    for n in "abcde":
-        assert result.context[f"trail.{n}"] == [n]  # committed exactly once
-
-
 @pytest.mark.slow
 async def test_sigkill_worker_mid_node(rabbit: RabbitBackend, tmp_path: Path) -> None:
     """A worker process is SIGKILLed while node ``b`` runs: the broker requeues its delivery
     when the connection dies, the surviving (or respawned) worker runs ``b`` again once the
     dead worker's lease expires, and every node is committed exactly once."""
     result, deaths = await _supervised(rabbit, tmp_path, {"FC_KILL_IN_NODE": "b"})
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 1
-    ex = _executions(tmp_path)
+    ex = executions(tmp_path)
     assert ex.count(("b", "start")) == 2
     assert ex.count(("b", "end")) == 1
     for n in "acde":
@@ -457,8 +445,8 @@ async def test_sigkill_worker_at_step_point(
     again only if it died before its commit."""
     env = {"FC_KILL_AT_POINT": point, "FC_KILL_POINT_NODE": node}
     result, deaths = await _supervised(rabbit, tmp_path, env)
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 1
-    ex = _executions(tmp_path)
+    ex = executions(tmp_path)
     expected_runs = 2 if point == "before_commit" else 1
     assert ex.count((node, "end")) == expected_runs

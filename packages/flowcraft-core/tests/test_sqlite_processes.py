@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flowcraft.testing.killable import assert_exact, executions
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import sqlite_proc_app as app
 from flowcraft.distributed.sqlite import SqliteAdapter
-
-EXPECTED_OUTPUTS = {"a": 1, "b": 2, "c": 2, "d": 5, "e": 6}
 
 
 def _env(tmp: Path, **kw: str) -> dict[str, str]:
@@ -74,25 +73,12 @@ async def _supervised_run(tmp: Path, env: dict[str, str], workers: int = 2) -> t
             p.join(20)
 
 
-def _executions(tmp: Path) -> list[tuple[str, str]]:
-    lines = (tmp / "executions.log").read_text().splitlines()
-    return [(ln.split()[0], ln.split()[1]) for ln in lines]
-
-
-def _assert_exact(result: Any) -> None:
-    assert result.status == "completed"
-    assert result.node_statuses == dict.fromkeys("abcde", "completed")
-    assert result.outputs == EXPECTED_OUTPUTS
-    for n in "abcde":
-        assert result.context[f"trail.{n}"] == [n]  # committed exactly once
-
-
 @pytest.mark.slow
 async def test_undisturbed_run_gives_the_reference_result(tmp_path: Path) -> None:
     result, deaths = await _supervised_run(tmp_path, _env(tmp_path))
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 0
-    assert sorted(_executions(tmp_path)) == sorted(
+    assert sorted(executions(tmp_path)) == sorted(
         [(n, "start") for n in "abcde"] + [(n, "end") for n in "abcde"]
     )
 
@@ -100,9 +86,9 @@ async def test_undisturbed_run_gives_the_reference_result(tmp_path: Path) -> Non
 @pytest.mark.slow
 async def test_sigkill_mid_node(tmp_path: Path) -> None:
     result, deaths = await _supervised_run(tmp_path, _env(tmp_path, FC_KILL_IN_NODE="b"))
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 1
-    ex = _executions(tmp_path)
+    ex = executions(tmp_path)
     assert ex.count(("b", "start")) == 2 and ex.count(("b", "end")) == 1
     for n in "acde":
         assert ex.count((n, "start")) == 1
@@ -122,9 +108,9 @@ async def test_sigkill_mid_node(tmp_path: Path) -> None:
 async def test_sigkill_at_step_point(tmp_path: Path, point: str, node: str) -> None:
     env = _env(tmp_path, FC_KILL_AT_POINT=point, FC_KILL_POINT_NODE=node)
     result, deaths = await _supervised_run(tmp_path, env)
-    _assert_exact(result)
+    assert_exact(result)
     assert deaths == 1
-    ex = _executions(tmp_path)
+    ex = executions(tmp_path)
     committed_before_kill = point in ("after_commit", "between_enqueues")
     ran_before_kill = point != "after_receive"
     expected_runs = 1 if committed_before_kill or not ran_before_kill else 2
