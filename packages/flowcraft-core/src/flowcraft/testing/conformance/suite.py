@@ -590,6 +590,8 @@ class AdapterConformanceSuite:
             st = await c.wait_until(
                 rid, lambda st: st.node_statuses.get("a") == "completed", "a completed"
             )
+            # The enqueue follows the commit: a status read may see "completed" first.
+            await until(lambda: bool(faults.dropped), "b's enqueue to be dropped")
             assert [j.node_id for j in faults.dropped] == ["b"]
             await c.hold(self.lease_seconds * 2)
             st = await c.status(rid)
