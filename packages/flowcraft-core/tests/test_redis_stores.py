@@ -301,16 +301,16 @@ async def _indexed(store: RedisStateStore, run_id: str) -> float | None:
 
 async def test_live_runs_are_indexed_and_never_expire(store: RedisStateStore) -> None:
     ctx = store.context("live")
-    await ctx.commit([live()], 0)
-    await ctx.commit([live(), PatchOperation("set", "a", 1)], 1)
+    await ctx.commit([live()], 0, "running")
+    await ctx.commit([live(), PatchOperation("set", "a", 1)], 1, "running")
     assert await _indexed(store, "live") is not None
     assert await store.client.pttl(ctx.key) == -1  # no TTL while the run is live
 
 
 async def test_final_commit_unindexes_and_applies_retention(store: RedisStateStore) -> None:
     ctx = store.context("fin")
-    await ctx.commit([live()], 0)
-    await ctx.commit([live("completed")], 1)
+    await ctx.commit([live()], 0, "running")
+    await ctx.commit([live("completed")], 1, "completed")
     assert await _indexed(store, "fin") is None
     assert 0 < await store.client.pttl(ctx.key) <= 3_600_000
     await ctx.set("late", 1)  # a write with unknown status does not re-index a final run
@@ -320,17 +320,17 @@ async def test_final_commit_unindexes_and_applies_retention(store: RedisStateSto
 async def test_no_retention_keeps_final_runs(store: RedisStateStore) -> None:
     keep = RedisStateStore(store.client, prefix=store.layout.prefix, retention_seconds=None)
     ctx = keep.context("kept")
-    await ctx.commit([live()], 0)
-    await ctx.commit([live("failed")], 1)
+    await ctx.commit([live()], 0, "running")
+    await ctx.commit([live("failed")], 1, "failed")
     assert await store.client.pttl(ctx.key) == -1
 
 
 async def test_list_active_runs_pages_through_every_live_run(store: RedisStateStore) -> None:
     ids = [f"run-{i:02d}" for i in range(23)]
     for rid in ids:
-        await store.context(rid).commit([live()], 0)
+        await store.context(rid).commit([live()], 0, "running")
     for rid in ids[:3]:
-        await store.context(rid).commit([live("cancelled")], 1)
+        await store.context(rid).commit([live("cancelled")], 1, "cancelled")
     seen: list[str] = []
     pages = 0
     cursor: str | None = None
@@ -351,9 +351,9 @@ async def test_list_active_runs_orders_by_last_progress_within_a_shard(
 ) -> None:
     one = RedisStateStore(store.client, prefix=store.layout.prefix + "one:", shards=1)
     for rid in ("c", "a", "b"):
-        await one.context(rid).commit([live()], 0)
+        await one.context(rid).commit([live()], 0, "running")
         await asyncio.sleep(0.003)  # distinct millisecond scores, in this order
-    await one.context("c").commit([live()], 1)  # c progressed last
+    await one.context("c").commit([live()], 1, "running")  # c progressed last
     page, cursor = await one.list_active_runs(None, limit=10)
     assert (page, cursor) == (["a", "b", "c"], None)
     first, cursor = await one.list_active_runs(None, limit=2)

@@ -8,7 +8,7 @@ retries, leases, recovery) lives once, in
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -75,6 +75,8 @@ class JobPayload(BaseModel):
             raise
         except (ValueError, ValidationError) as exc:
             raise InvalidJobError(f"invalid job payload: {exc}") from None
+        except (RecursionError, TypeError) as exc:
+            raise InvalidJobError(f"invalid job payload: {type(exc).__name__}: {exc}") from None
 
 
 @runtime_checkable
@@ -105,21 +107,14 @@ class CoordinationStore(Protocol):
         """The value of ``key``, or None."""
         ...
 
+    async def compare_and_delete(self, key: str, value: str) -> bool:
+        """Atomically delete ``key`` only while it holds ``value``; True when it did. Lease
+        release: a worker never removes a lease that expired and was taken by another."""
+        ...
+
 
 ICoordinationStore = CoordinationStore
 """Upstream's name for :class:`CoordinationStore`."""
-
-
-async def delete_if_equals(store: CoordinationStore, key: str, value: str) -> bool:
-    """Delete ``key`` when it holds ``value`` (lease release). Stores may override this with an
-    atomic version (``compare_and_delete``); this default is check-then-act."""
-    native = getattr(store, "compare_and_delete", None)
-    if native is not None:
-        return bool(await native(key, value))
-    if await store.get(key) == value:
-        await store.delete(key)
-        return True
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +139,109 @@ class DistributedContext(AsyncContext, Protocol):
         """All keys of the run and its version."""
         ...
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
-        """Apply ``ops`` atomically when the version matches; True on success."""
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
+        """Apply ``ops`` atomically when the version matches; True on success. ``status`` is
+        the run's status after the commit (None: unchanged, e.g. a plain context write); a
+        store that indexes runs by status (for :meth:`list_active_runs`, retention) keeps it
+        from here and never decodes the engine's keys."""
+        ...
+
+
+class Changes:
+    """What a store returns for "the run since version ``since``": the current ``version``,
+    the store's ``epoch`` of the run (changes when the run was deleted and created again),
+    ``full`` (``sets`` holds every key: replace, don't patch), changed keys and deleted keys."""
+
+    __slots__ = ("deletes", "epoch", "full", "sets", "version")
+
+    def __init__(
+        self,
+        version: int,
+        epoch: str,
+        full: bool,
+        sets: dict[str, Any],
+        deletes: Iterable[str] = (),
+    ) -> None:
+        self.version = version
+        self.epoch = epoch
+        self.full = full
+        self.sets = sets
+        self.deletes = tuple(deletes)
+
+
+class CommitResult:
+    """Outcome of :meth:`IncrementalContext.commit_release`: ``ok``, the run's ``epoch``,
+    which of the leases to take were ``taken`` (in order), and on a conflict possibly the
+    ``changes`` since the expected version."""
+
+    __slots__ = ("changes", "epoch", "ok", "taken")
+
+    def __init__(
+        self,
+        ok: bool,
+        epoch: str = "",
+        taken: list[bool] | None = None,
+        changes: Changes | None = None,
+    ) -> None:
+        self.ok = ok
+        self.epoch = epoch
+        self.taken = taken or []
+        self.changes = changes
+
+
+@runtime_checkable
+class IncrementalContext(Protocol):
+    """Optional fast path of a :class:`DistributedContext`, declared by implementing it (the
+    engine checks once per context type). Everything else the engine calls is in
+    :class:`DistributedContext` and :class:`CoordinationStore`.
+
+    ``load_since`` returns only what changed after ``since`` (``epoch`` as returned before) and,
+    with ``lease=(key, token, ttl_seconds)``, first takes that lease (``SET NX``) in the same
+    request: None when the lease is held by someone else. ``commit_release`` is ``commit`` that
+    also releases the committing deliveries' leases when it succeeds and then takes the
+    leases of successors, all in one atomic request (so the run is exactly as committed when
+    those leases are taken).
+    ``lease_holder``, ``extend_lease`` and ``release_lease`` operate on the same lease keys.
+    Stores without it get full loads.
+    """
+
+    async def load_since(
+        self, since: int, epoch: str, lease: tuple[str, str, float] | None = None
+    ) -> Changes | None:
+        """Changes since ``since`` (None: ``lease`` not taken)."""
+        ...
+
+    async def commit_release(
+        self,
+        ops: list[PatchOperation],
+        expected_version: int,
+        release: Sequence[tuple[str, str]] = (),
+        take: Sequence[tuple[str, str]] = (),
+        ttl_seconds: float = 0.0,
+        epoch: str = "",
+        status: str | None = None,
+    ) -> CommitResult:
+        """Commit; on success release the leases ``release`` ((key, token) pairs) and take
+        the leases ``take`` for ``ttl_seconds``. On a version mismatch, may return the
+        changes since ``expected_version`` (when ``epoch`` is the run's), so no reload is
+        needed."""
+        ...
+
+    async def lease_holder(self, key: str) -> str | None:
+        """The token holding lease ``key``, or None."""
+        ...
+
+    async def extend_lease(self, key: str, ttl_seconds: float) -> bool:
+        """Give lease ``key`` a new TTL; False when it is gone."""
+        ...
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Delete lease ``key`` if ``token`` holds it."""
         ...
 
 

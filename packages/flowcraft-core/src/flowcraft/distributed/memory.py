@@ -11,21 +11,18 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..context import PatchOperation
-from .adapter import BaseDistributedAdapter, JobHandler, RetryJob
+from ..state import FINAL_STATUSES
+from .adapter import BaseDistributedAdapter
 from .codec import decode_value, encode_value
-from .contracts import Capabilities, InvalidJobError, JobPayload, Snapshot
-from .statekeys import RUN_KEY
+from .consumer import PollingConsumer
+from .contracts import Capabilities, JobPayload, Snapshot
+from .delivery import Delivery, JobHandler
 
 log = logging.getLogger("flowcraft.memory")
-
-# The message being handled by the current job task (inherited by its heartbeat task), so two
-# deliveries of the same job on one worker each extend their own message.
-_CURRENT_MESSAGE: ContextVar[_Message | None] = ContextVar("flowcraft_memory_message", default=None)
 
 
 class InMemoryCoordinationStore:
@@ -104,6 +101,8 @@ class MemoryBroker:
     coordination: InMemoryCoordinationStore = field(default_factory=InMemoryCoordinationStore)
     runs: dict[str, tuple[dict[str, str], int]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+    """Each run's status as the engine committed it (the run index)."""
     dead_letters: list[tuple[str, str]] = field(default_factory=list)
     commits: int = 0
     bytes_written: int = 0
@@ -236,7 +235,12 @@ class MemoryRunContext:
         data, version = self._rec()
         return Snapshot({k: decode_value(v) for k, v in data.items()}, version)
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
         """See DistributedContext."""
         b = self._broker
         data, version = self._rec()
@@ -254,6 +258,8 @@ class MemoryRunContext:
             else:
                 new.pop(op.key, None)
         b.runs[self._run_id] = (new, version + 1)
+        if status is not None:
+            b.statuses[self._run_id] = status
         b.commits += 1
         return True
 
@@ -281,8 +287,6 @@ class InMemoryAdapter(BaseDistributedAdapter):
         self.broker = broker
         self.concurrency = concurrency
         self.poll_timeout = poll_timeout
-        self._stopping = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def create_context(self, run_id: str) -> MemoryRunContext:
         """See BaseDistributedAdapter."""
@@ -310,23 +314,15 @@ class InMemoryAdapter(BaseDistributedAdapter):
         except TimeoutError:
             raise TimeoutError(f"run {run_id!r} not final after {timeout} s") from None
 
-    async def extend_job_lease(self, job: JobPayload) -> None:
-        """Keep the message invisible while the node runs."""
-        m = _CURRENT_MESSAGE.get()
-        if m is not None:
-            self.broker.extend(m.id, self.broker.visibility_timeout)
+    async def extend_delivery(self, delivery: Delivery) -> None:
+        """Keep the message invisible while its nodes run."""
+        self.broker.extend(delivery.message.id, self.broker.visibility_timeout)
 
     async def list_active_runs(
         self, cursor: str | None = None, limit: int = 100
     ) -> tuple[list[str], str | None]:
         """Run ids in sorted order after ``cursor`` whose status is not final."""
-        ids = sorted(
-            rid
-            for rid, (data, _) in self.broker.runs.items()
-            if RUN_KEY in data
-            and decode_value(data[RUN_KEY]).get("status")
-            not in ("completed", "failed", "stalled", "cancelled")
-        )
+        ids = sorted(rid for rid, st in self.broker.statuses.items() if st not in FINAL_STATUSES)
         if cursor is not None:
             ids = [i for i in ids if i > cursor]
         page = ids[:limit]
@@ -334,63 +330,28 @@ class InMemoryAdapter(BaseDistributedAdapter):
 
     async def process_jobs(self, handler: JobHandler) -> None:
         """Receive and handle jobs until :meth:`stop`; up to ``concurrency`` at once."""
-        sem = asyncio.Semaphore(self.concurrency)
-        while not self._stopping:
-            await sem.acquire()
-            if self.stopping:
-                sem.release()
-                break
-            m = await self.broker.receive(self.poll_timeout)
-            if m is None:
-                sem.release()
-                continue
-            t = asyncio.create_task(self._one(handler, m))
-            self._tasks.add(t)
+        await PollingConsumer(
+            self, self._receive, concurrency=self.concurrency, handler=handler
+        ).run()
 
-            def done(t: asyncio.Task[Any]) -> None:
-                self._tasks.discard(t)
-                sem.release()
-                if not t.cancelled() and t.exception() is not None:
-                    # e.g. SimulatedCrash: the job died unacked; it is redelivered later.
-                    log.warning("job task died: %r", t.exception())
+    async def _receive(self, n: int) -> list[Delivery]:
+        m = await self.broker.receive(self.poll_timeout)
+        msgs = []
+        while m is not None:
+            msgs.append(Delivery(m.body, m, m.receive_count))
+            m = await self.broker.receive(0) if len(msgs) < n else None
+        return msgs
 
-            t.add_done_callback(done)
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def ack(self, delivery: Delivery) -> None:
+        """Delete the message."""
+        self.broker.ack(delivery.message)
 
-    async def _one(self, handler: JobHandler, m: _Message) -> None:
-        try:
-            job = JobPayload.parse(m.body)
-        except InvalidJobError as exc:
-            log.error("dead-lettering message %s: %s", m.id, exc)
-            self.broker.dead_letters.append((m.body, str(exc)))
-            self.broker.ack(m)
-            return
-        _CURRENT_MESSAGE.set(m)
-        try:
-            await handler(job)
-        except RetryJob as exc:
-            await self.enqueue_job(exc.job, delay=exc.delay)
-            self.broker.ack(m)
-        except InvalidJobError as exc:
-            log.error("dead-lettering job %s: %s", job.job_id, exc)
-            self.broker.dead_letters.append((m.body, str(exc)))
-            self.broker.ack(m)
-        except asyncio.CancelledError:
-            if self._stopping:
-                raise
-            self.broker.ack(m)  # cancelled by its run's cancellation
-        except Exception:
-            log.exception("job %s failed; it will be redelivered", job.job_id)
-            await self.broker.nack(m, delay=0.05)
-        else:
-            self.broker.ack(m)
+    async def redeliver(self, delivery: Delivery, delay: float) -> None:
+        """Make the message visible again after ``delay``."""
+        await self.broker.nack(delivery.message, delay)
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stopping
-
-    async def stop(self) -> None:
-        """Stop receiving; jobs in progress finish first."""
-        self._stopping = True
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Record ``(body, reason)`` in :attr:`MemoryBroker.dead_letters`; delete the message."""
+        body = delivery.body
+        self.broker.dead_letters.append((body if isinstance(body, str) else str(body), reason))
+        self.broker.ack(delivery.message)

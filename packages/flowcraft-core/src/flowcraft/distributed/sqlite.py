@@ -20,24 +20,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ..context import PatchOperation
-from .adapter import BaseDistributedAdapter, JobHandler, RetryJob
+from .adapter import BaseDistributedAdapter
 from .codec import decode_value, encode_value
-from .contracts import Capabilities, InvalidJobError, JobPayload, Snapshot
-from .statekeys import RUN_KEY
+from .consumer import PollingConsumer
+from .contracts import Capabilities, JobPayload, Snapshot
+from .delivery import Delivery, JobHandler
 
 log = logging.getLogger("flowcraft.sqlite")
 
 T = TypeVar("T")
 
 _FINAL = ("completed", "failed", "stalled", "cancelled")
-# The queue message handled by the current job task (its heartbeat task inherits it), so two
-# deliveries of one job on one worker each extend their own message.
-_CURRENT_MESSAGE: ContextVar[int | None] = ContextVar("flowcraft_sqlite_message", default=None)
 _SET_AVAILABLE = "UPDATE fc_jobs SET available_at = ? WHERE id = ?"
 _VERSION = "SELECT version FROM fc_runs WHERE run_id = ?"
 
@@ -284,17 +281,18 @@ class SqliteBackend:
         return await self.call(q)
 
     async def commit(
-        self, run_id: str, ops: Sequence[PatchOperation], expected: int | None
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int | None,
+        status: str | None = None,
     ) -> bool:
-        """Apply ``ops`` atomically; with ``expected`` only if the version still matches."""
+        """Apply ``ops`` atomically; with ``expected`` only if the version still matches;
+        ``status`` (when given) becomes the run's indexed status."""
         enc = [
             (op, encode_value(op.key, op.value, self.max_value_bytes) if op.op == "set" else "")
             for op in ops
         ]
-        status: str | None = None
-        for op, _ in enc:
-            if op.key == RUN_KEY and op.op == "set" and isinstance(op.value, Mapping):
-                status = str(op.value.get("status", "running"))
 
         def q(c: sqlite3.Connection) -> bool:
             with self._tx(c):
@@ -483,9 +481,14 @@ class SqliteRunContext:
         """See DistributedContext."""
         return await self._b.load(self._run_id)
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
         """See DistributedContext."""
-        return await self._b.commit(self._run_id, ops, expected_version)
+        return await self._b.commit(self._run_id, ops, expected_version, status)
 
 
 class SqliteAdapter(BaseDistributedAdapter):
@@ -520,9 +523,6 @@ class SqliteAdapter(BaseDistributedAdapter):
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
-        self._stopping = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.processed = 0
 
     async def create_context(self, run_id: str) -> SqliteRunContext:
         """See BaseDistributedAdapter."""
@@ -538,11 +538,9 @@ class SqliteAdapter(BaseDistributedAdapter):
         """See BaseDistributedAdapter: stored in ``fc_results``."""
         await self.backend.put_result(run_id, result)
 
-    async def extend_job_lease(self, job: JobPayload) -> None:
-        """Keep the message invisible while the node runs."""
-        mid = _CURRENT_MESSAGE.get()
-        if mid is not None:
-            await self.backend.extend(mid, self.backend.visibility_timeout)
+    async def extend_delivery(self, delivery: Delivery) -> None:
+        """Keep the message invisible while its nodes run."""
+        await self.backend.extend(delivery.message, self.backend.visibility_timeout)
 
     async def list_active_runs(
         self, cursor: str | None = None, limit: int = 100
@@ -567,15 +565,6 @@ class SqliteAdapter(BaseDistributedAdapter):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.1)
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stopping
-
-    async def stop(self) -> None:
-        """Stop claiming jobs; jobs in progress finish first."""
-        self._stopping = True
-
     async def aclose(self) -> None:
         """Close the database connection if this adapter opened it."""
         if self._owns_backend:
@@ -583,64 +572,27 @@ class SqliteAdapter(BaseDistributedAdapter):
 
     async def process_jobs(self, handler: JobHandler) -> None:
         """Claim and handle jobs until :meth:`stop`; up to ``concurrency`` at once."""
-        free = asyncio.Semaphore(self.concurrency)
-        idle = self.poll_interval
-        while not self.stopping:
-            await free.acquire()
-            slots = 1
-            while slots < self.concurrency and not free.locked():
-                await free.acquire()
-                slots += 1
-            try:
-                msgs = await self.backend.claim(slots)
-            except sqlite3.OperationalError as exc:
-                log.warning("claim failed (%s); retrying", exc)
-                msgs = []
-            for _ in range(slots - len(msgs)):
-                free.release()
-            if not msgs:
-                await asyncio.sleep(idle)
-                idle = min(idle * 2, self.max_poll_interval)
-                continue
-            idle = self.poll_interval
-            for mid, body, _n in msgs:
-                t = asyncio.create_task(self._one(handler, mid, body))
-                self._tasks.add(t)
+        await PollingConsumer(
+            self,
+            self._receive,
+            concurrency=self.concurrency,
+            idle=(self.poll_interval, self.max_poll_interval),
+            handler=handler,
+        ).run()
 
-                def done(t: asyncio.Task[Any]) -> None:
-                    self._tasks.discard(t)
-                    free.release()
-                    if not t.cancelled() and t.exception() is not None:
-                        # e.g. SimulatedCrash: the job died unacked; it is redelivered later.
-                        log.warning("job task died: %r", t.exception())
+    async def _receive(self, n: int) -> list[Delivery]:
+        return [Delivery(body, mid, count) for mid, body, count in await self.backend.claim(n)]
 
-                t.add_done_callback(done)
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def ack(self, delivery: Delivery) -> None:
+        """Delete the message."""
+        await self.backend.ack(delivery.message)
 
-    async def _one(self, handler: JobHandler, mid: int, body: str) -> None:
-        try:
-            job = JobPayload.parse(body)
-        except InvalidJobError as exc:
-            log.error("dead-lettering message %s: %s", mid, exc)
-            await self.backend.dead_letter(mid, body, str(exc))
-            return
-        _CURRENT_MESSAGE.set(mid)
-        try:
-            await handler(job)
-        except RetryJob as exc:
-            await self.enqueue_job(exc.job, delay=exc.delay)
-            await self.backend.ack(mid)
-        except InvalidJobError as exc:
-            log.error("dead-lettering job %s: %s", job.job_id, exc)
-            await self.backend.dead_letter(mid, body, str(exc))
-        except asyncio.CancelledError:
-            if self.stopping:
-                raise
-            await self.backend.ack(mid)  # cancelled because its run was cancelled
-        except Exception:
-            log.exception("job %s failed; it will be redelivered", job.job_id)
-            await self.backend.nack(mid, delay=0.05)
-        else:
-            await self.backend.ack(mid)
-            self.processed += 1
+    async def redeliver(self, delivery: Delivery, delay: float) -> None:
+        """Make the message visible again after ``delay``."""
+        await self.backend.nack(delivery.message, delay)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to ``fc_dead`` with ``reason``."""
+        body = delivery.body
+        text = body if isinstance(body, str) else str(body)
+        await self.backend.dead_letter(delivery.message, text, reason)

@@ -13,13 +13,13 @@ commit is still a compare-and-set on the version.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..context import InMemoryContext, PatchOperation
 from ..state import BatchState, NodeState, RunState
 from . import statekeys as sk
-from .contracts import Snapshot
+from .contracts import Changes, CommitResult, IncrementalContext, Snapshot
 
 
 def clone(value: Any) -> Any:
@@ -30,96 +30,6 @@ def clone(value: Any) -> Any:
     if t is list:
         return [clone(v) for v in value]
     return value
-
-
-class Changes:
-    """What a store returns for "the run since version ``since``": the current ``version``,
-    the store's ``epoch`` of the run (changes when the run was deleted and created again),
-    ``full`` (``sets`` holds every key: replace, don't patch), changed keys and deleted keys."""
-
-    __slots__ = ("deletes", "epoch", "full", "sets", "version")
-
-    def __init__(
-        self,
-        version: int,
-        epoch: str,
-        full: bool,
-        sets: dict[str, Any],
-        deletes: Iterable[str] = (),
-    ) -> None:
-        self.version = version
-        self.epoch = epoch
-        self.full = full
-        self.sets = sets
-        self.deletes = tuple(deletes)
-
-
-class CommitResult:
-    """Outcome of :meth:`IncrementalContext.commit_release`: ``ok``, the run's ``epoch``,
-    which of the leases to take were ``taken`` (in order), and on a conflict possibly the
-    ``changes`` since the expected version."""
-
-    __slots__ = ("changes", "epoch", "ok", "taken")
-
-    def __init__(
-        self,
-        ok: bool,
-        epoch: str = "",
-        taken: list[bool] | None = None,
-        changes: Changes | None = None,
-    ) -> None:
-        self.ok = ok
-        self.epoch = epoch
-        self.taken = taken or []
-        self.changes = changes
-
-
-@runtime_checkable
-class IncrementalContext(Protocol):
-    """Optional fast path of a :class:`~flowcraft.distributed.contracts.DistributedContext`.
-
-    ``load_since`` returns only what changed after ``since`` (``epoch`` as returned before) and,
-    with ``lease=(key, token, ttl_seconds)``, first takes that lease (``SET NX``) in the same
-    request: None when the lease is held by someone else. ``commit_release`` is ``commit`` that
-    also releases the committing deliveries' leases when it succeeds and then takes the
-    leases of successors, all in one atomic request (so the run is exactly as committed when
-    those leases are taken).
-    ``lease_holder``, ``extend_lease`` and ``release_lease`` operate on the same lease keys.
-    Stores without it get full loads.
-    """
-
-    async def load_since(
-        self, since: int, epoch: str, lease: tuple[str, str, float] | None = None
-    ) -> Changes | None:
-        """Changes since ``since`` (None: ``lease`` not taken)."""
-        ...
-
-    async def commit_release(
-        self,
-        ops: list[PatchOperation],
-        expected_version: int,
-        release: Sequence[tuple[str, str]] = (),
-        take: Sequence[tuple[str, str]] = (),
-        ttl_seconds: float = 0.0,
-        epoch: str = "",
-    ) -> CommitResult:
-        """Commit; on success release the leases ``release`` ((key, token) pairs) and take
-        the leases ``take`` for ``ttl_seconds``. On a version mismatch, may return the
-        changes since ``expected_version`` (when ``epoch`` is the run's), so no reload is
-        needed."""
-        ...
-
-    async def lease_holder(self, key: str) -> str | None:
-        """The token holding lease ``key``, or None."""
-        ...
-
-    async def extend_lease(self, key: str, ttl_seconds: float) -> bool:
-        """Give lease ``key`` a new TTL; False when it is gone."""
-        ...
-
-    async def release_lease(self, key: str, token: str) -> bool:
-        """Delete lease ``key`` if ``token`` holds it."""
-        ...
 
 
 class SnapshotContext(InMemoryContext):

@@ -56,7 +56,6 @@ from ..context import PatchOperation
 from ..distributed.codec import decode_value, encode_value
 from ..distributed.contracts import Snapshot
 from ..distributed.notify import FinalResultWatcher
-from ..distributed.statekeys import RUN_KEY
 from ..distributed.view import Changes, CommitResult
 from ..state import FINAL_STATUSES
 
@@ -350,14 +349,11 @@ def _decode_hash(raw: Any) -> Snapshot:
     return Snapshot(data, version)
 
 
-def _status_of(ops: Sequence[PatchOperation]) -> str:
-    """'final' / 'live' from the last ``_fc.run`` write among ``ops``; '' when none."""
-    for op in reversed(ops):
-        if op.key == RUN_KEY:
-            if op.op == "set" and isinstance(op.value, dict):
-                return "final" if op.value.get("status") in FINAL_STATUSES else "live"
-            return ""
-    return ""
+def _status_of(status: str | None) -> str:
+    """'final' / 'live' for the active-run index and retention; '' when unchanged."""
+    if status is None:
+        return ""
+    return "final" if status in FINAL_STATUSES else "live"
 
 
 class _CachedRun:
@@ -510,10 +506,15 @@ class RedisRunContext:
         store._remember(self.run_id, cached)
         return cached.snapshot()
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
         """See DistributedContext: one script (version check, HSET/HDEL, version bump,
         active-run index, retention when the run became final)."""
-        return (await self._write(ops, expected_version)).ok
+        return (await self._write(ops, expected_version, status=status)).ok
 
     # -- IncrementalContext (flowcraft.distributed.view) ----------------------------------------
 
@@ -560,12 +561,13 @@ class RedisRunContext:
         take: Sequence[tuple[str, str]] = (),
         ttl_seconds: float = 0.0,
         epoch: str = "",
+        status: str | None = None,
     ) -> CommitResult:
         """:meth:`commit`, then (when it succeeded) release the leases ``release`` ((key,
         token) pairs) and take the leases ``take`` for ``ttl_seconds``, in the same script.
         On a version mismatch the result carries the changes since ``expected_version`` when
         ``epoch`` is the run's."""
-        return await self._write(ops, expected_version, release, take, ttl_seconds, epoch)
+        return await self._write(ops, expected_version, release, take, ttl_seconds, epoch, status)
 
     async def lease_holder(self, key: str) -> str | None:
         """The token holding lease ``key`` of this run, or None."""
@@ -590,6 +592,7 @@ class RedisRunContext:
         take: Sequence[tuple[str, str]] = (),
         ttl_seconds: float = 0.0,
         known_epoch: str = "",
+        status: str | None = None,
     ) -> CommitResult:
         store = self._store
         last: dict[str, PatchOperation] = {}
@@ -611,7 +614,7 @@ class RedisRunContext:
                 dels.append(op.key)
         args: list[Any] = [
             expected,
-            _status_of(ops),
+            _status_of(status),
             int(time.time() * 1000),
             store.retention_ms,
             self.run_id,

@@ -92,10 +92,10 @@ class _SlowContext:
         await asyncio.sleep(self._delay())
         return snap
 
-    async def commit(self, ops: Any, expected_version: int) -> bool:
+    async def commit(self, ops: Any, expected_version: int, status: str | None = None) -> bool:
         if self._commits:
             await asyncio.sleep(self._delay())
-        return bool(await self._inner.commit(ops, expected_version))
+        return bool(await self._inner.commit(ops, expected_version, status))
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
