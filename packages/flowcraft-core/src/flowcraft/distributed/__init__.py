@@ -35,8 +35,10 @@ from .contracts import (
     Snapshot,
 )
 from .delivery import Decision, Delivery, DeliveryPolicy, Disposition, JobHandler, RetryJob
+from .urls import BackendURL, Option, parse_url
 
 __all__ = [
+    "BackendURL",
     "BaseDistributedAdapter",
     "Capabilities",
     "Changes",
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidJobError",
     "JobHandler",
     "JobPayload",
+    "Option",
     "PollingConsumer",
     "RetryJob",
     "RunStatus",
@@ -60,5 +63,6 @@ __all__ = [
     "decode_value",
     "encode_value",
     "open_adapter",
+    "parse_url",
     "run_worker",
 ]
