@@ -29,8 +29,9 @@ from .expressions import Evaluator, SafeEvaluator
 from .kernel import Activation
 from .nodes import NodeImplementation, NodeResult
 from .plan import get_plan
-from .runtime import ServedOutcome, WorkflowResult
+from .runtime import WorkflowResult
 from .state import NodeState, NodeStatus, RunState, WorkflowStatus, output_key
+from .step import ServedOutcome
 
 if TYPE_CHECKING:
     import asyncio

@@ -10,14 +10,13 @@ import asyncio
 import inspect
 import itertools
 import logging
-import time
 import types
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .analysis import find_cycles, terminal_node_ids
 from .blueprint import NodeConfig, NodeDefinition, WorkflowBlueprint, load_blueprint
@@ -41,15 +40,21 @@ from .errors import (
     LoopLimitExceededError,
     ResumeError,
 )
-from .events import EventBus, FlowcraftEvent
+from .events import EventBus
 from .executor import Sleep, run_class, run_function
 from .expressions import Evaluator, SafeEvaluator
-from .kernel import FALLBACK, ITEM, NODE, Activation, Kernel, Scope
+from .kernel import FALLBACK, ITEM, NODE, Activation, Scope
 from .middleware import compose
 from .nodes import NodeContext, NodeImplementation, NodeResult, coerce_result, is_node_class
 from .plan import Plan, get_plan
 from .serializer import JsonSerializer, Serializer
 from .state import DONE_NODE_STATUSES, NodeStatus, RunState, WorkflowStatus, output_key
+from .step import AWAIT as _AWAIT
+from .step import ERR as _ERR
+from .step import OK as _OK
+from .step import SCATTER as _SCATTER
+from .step import RunFrame as _Run
+from .step import Serve, ServedOutcome
 
 if TYPE_CHECKING:
     from .scheduler import TimerStore
@@ -131,125 +136,6 @@ class WorkflowResult:
     def deserialize(cls, text: str, serializer: Serializer | None = None) -> WorkflowResult:
         """Inverse of :meth:`serialize`."""
         return cls.from_dict((serializer or JsonSerializer()).deserialize(text))
-
-
-# Outcome tags from executing one activation.
-_OK, _ERR, _AWAIT, _SCATTER = 0, 1, 2, 3
-
-
-@dataclass(slots=True)
-class ServedOutcome:
-    """A recorded outcome used in place of running a node (:func:`flowcraft.replay.replay_from`).
-
-    ``kind`` ``finish`` (``value`` is a :class:`NodeResult`), ``error`` (an error record dict),
-    ``awaiting`` (the awaiting details) or ``input`` (the node does run, with ``value`` as its
-    input). ``writes`` are ``(op, key, value)`` context changes re-applied before the outcome.
-    """
-
-    kind: Literal["finish", "error", "awaiting", "input"]
-    value: Any = None
-    writes: list[tuple[str, str, Any]] = field(default_factory=list)
-
-
-Serve = Callable[[Activation], ServedOutcome | None]
-"""Hook asked before each activation executes; None means "execute it normally"."""
-
-
-class _Run:
-    """Mutable per-run bookkeeping for the in-memory driver."""
-
-    __slots__ = (
-        "attempt_window",
-        "blueprint",
-        "bus",
-        "cancel_requested",
-        "concurrency",
-        "ctx",
-        "deltas",
-        "deps",
-        "driver",
-        "kernel",
-        "pending",
-        "plain",
-        "plan",
-        "registry",
-        "running",
-        "serve",
-        "state",
-        "stop_at",
-        "via",
-    )
-
-    def __init__(
-        self,
-        plan: Plan,
-        state: RunState,
-        ctx: InMemoryContext,
-        registry: Mapping[str, NodeImplementation],
-        bus: EventBus | None,
-        concurrency: int,
-        deps: Mapping[str, Any],
-    ) -> None:
-        self.plan = plan
-        self.blueprint = plan.blueprint
-        self.state = state
-        self.ctx = ctx
-        self.registry = registry
-        self.bus = bus
-        self.concurrency = concurrency
-        self.deps = deps
-        self.pending: list[Awaitable[None]] = []
-        self.kernel = Kernel(plan, state, ctx.data, self.emit if bus is not None else None)
-        self.running: dict[asyncio.Task[Any], Activation] = {}
-        self.cancel_requested = False
-        self.driver: asyncio.Task[Any] | None = None
-        self.stop_at: frozenset[str] = frozenset()
-        # Distributed mode: record every context write as a delta to commit atomically.
-        self.deltas: dict[str, PatchOperation] | None = None
-        # Nothing observes node executions (no bus, middleware, deltas, attempt window): the
-        # runtime sets this for its own runs; other users of _Run keep the general path.
-        self.plain = False
-        # Distributed queue-retry mode: run exactly these attempts (first, last).
-        self.attempt_window: tuple[int, int] | None = None
-        # replay_from: recorded outcomes served instead of executing nodes.
-        self.serve: Serve | None = None
-        # Built-in node id -> the executions that activated it (NodeContext.predecessors).
-        self.via: dict[str, tuple[str, ...]] = {}
-
-    def write(self, key: str, value: Any, source: str) -> None:
-        """A context write made by the engine on behalf of node ``source``."""
-        self.ctx.data[key] = value
-        if self.deltas is not None:
-            self.deltas.pop(key, None)
-            self.deltas[key] = PatchOperation("set", key, value)
-        if self.bus is not None:
-            self.emit(
-                "context:change", {"sourceNode": source, "key": key, "op": "set", "value": value}
-            )
-
-    def emit(self, type_: str, payload: dict[str, Any]) -> None:
-        bus = self.bus
-        if bus is None:
-            return
-        st = self.state
-        st.seq += 1
-        ev = FlowcraftEvent(type_, payload, st.execution_id, time.time(), st.seq, st.blueprint_id)
-        try:
-            r = bus.emit(ev)
-        except Exception:
-            log.exception("event bus failed on %s", type_)
-            return
-        if r is not None:
-            self.pending.append(r)
-
-    async def flush(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            for aw in batch:
-                try:
-                    await aw
-                except Exception:
-                    log.exception("event bus failed")
 
 
 class FlowRuntime:
@@ -481,7 +367,9 @@ class FlowRuntime:
                 "node:finish", {"nodeId": node_id, "result": NodeResult(output, action).to_wire()}
             )
             # Through _apply: an edge expression that fails fails the node, as in run().
-            acts = self._apply(run, Activation(node_id, output), (_OK, NodeResult(output, action)))
+            acts = self.apply_outcome(
+                run, Activation(node_id, output), (_OK, NodeResult(output, action))
+            )
         return await self._go(run, acts, signal)
 
     def cancel(self, execution_id: str) -> bool:
@@ -594,12 +482,12 @@ class FlowRuntime:
                 kernel.on_started(act)
                 if not running and not ready:
                     # Sole piece of work: run inline, no task needed.
-                    outcome = await self._execute(run, act)
-                    ready.extend(self._apply(run, act, outcome))
+                    outcome = await self.execute_step(run, act)
+                    ready.extend(self.apply_outcome(run, act, outcome))
                     if run.pending:
                         await run.flush()
                     continue
-                t = loop.create_task(self._execute(run, act))
+                t = loop.create_task(self.execute_step(run, act))
                 running[t] = act
                 t.add_done_callback(on_done)
             if not running:
@@ -612,7 +500,7 @@ class FlowRuntime:
             while done:
                 t = done.popleft()
                 act = running.pop(t)
-                ready.extend(self._apply(run, act, t.result()))
+                ready.extend(self.apply_outcome(run, act, t.result()))
             if run.pending:
                 await run.flush()
         if ready:
@@ -635,7 +523,11 @@ class FlowRuntime:
             st.nodes[n].status in done for n in run.stop_at if n in st.nodes
         )
 
-    def _apply(self, run: _Run, act: Activation, outcome: tuple[int, Any]) -> list[Activation]:
+    def apply_outcome(
+        self, run: _Run, act: Activation, outcome: tuple[int, Any]
+    ) -> list[Activation]:
+        """Apply one step's outcome with the run's kernel; returns the activations it made
+        ready (an edge expression that fails fails the node)."""
         kernel = run.kernel
         tag, value = outcome
         try:
@@ -664,7 +556,7 @@ class FlowRuntime:
 
     # -- executing one activation ------------------------------------------------------------
 
-    async def _execute(self, run: _Run, act: Activation) -> tuple[int, Any]:
+    async def execute_step(self, run: _Run, act: Activation) -> tuple[int, Any]:
         """Run one activation; returns an outcome tag and value, never raises (but cancels)."""
         plan = run.plan
         node = plan.nodes[act.node_id]
@@ -971,7 +863,7 @@ class FlowRuntime:
             return NodeResult(node_input, "continue")
         return NodeResult(node_input, "break")
 
-    def _subflow_start(
+    def subflow_start(
         self, run: _Run, node: NodeDefinition, node_input: Any
     ) -> tuple[str, dict[str, Any], Any]:
         """Validate a subflow node; returns the child blueprint id, the child's initial context
@@ -994,7 +886,7 @@ class FlowRuntime:
     async def _subflow(
         self, run: _Run, act: Activation, node: NodeDefinition, node_input: Any
     ) -> tuple[int, Any]:
-        child_id, initial, start_input = self._subflow_start(run, node, node_input)
+        child_id, initial, start_input = self.subflow_start(run, node, node_input)
         child = await self.run(
             self.blueprints[child_id],
             initial,
@@ -1013,9 +905,10 @@ class FlowRuntime:
                 f"subflow {child_id!r} of node {node.id!r} ended {child.status}: {first}",
                 node_id=node.id,
             )
-        return (_OK, NodeResult(self._subflow_output(run, node, child)))
+        return (_OK, NodeResult(self.subflow_output(run, node, child)))
 
-    def _subflow_output(self, run: _Run, node: NodeDefinition, child: WorkflowResult) -> Any:
+    def subflow_output(self, run: _Run, node: NodeDefinition, child: WorkflowResult) -> Any:
+        """The output of a subflow node from its finished child run (``outputs`` mapping)."""
         outs = node.params.get("outputs")
         if isinstance(outs, Mapping):
             res: dict[str, Any] = {}
@@ -1055,10 +948,10 @@ class FlowRuntime:
             ).to_wire()
             run.emit("node:error", {"nodeId": node.id, "error": rec})
             return run.kernel.on_failed(node.id, rec, None)
-        out = self._subflow_output(run, node, child)
+        out = self.subflow_output(run, node, child)
         res = NodeResult(out, action)
         run.emit("node:finish", {"nodeId": node.id, "result": res.to_wire()})
-        return self._apply(run, Activation(node.id, None), (_OK, res))
+        return self.apply_outcome(run, Activation(node.id, None), (_OK, res))
 
     # -- finishing ---------------------------------------------------------------------------
 

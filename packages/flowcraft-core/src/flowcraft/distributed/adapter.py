@@ -32,7 +32,8 @@ from typing import Any
 from ..blueprint import NodeDefinition
 from ..executor import is_fatal
 from ..kernel import Activation
-from ..runtime import FlowRuntime, _Run
+from ..runtime import FlowRuntime
+from ..step import RunFrame
 from .base import RunStatus
 from .client import ClientLayer
 from .delivery import JobHandler, RetryJob
@@ -44,7 +45,7 @@ class _DistributedRuntime(FlowRuntime):
     adapter: BaseDistributedAdapter
 
     async def _subflow(
-        self, run: _Run, act: Activation, node: NodeDefinition, node_input: Any
+        self, run: RunFrame, act: Activation, node: NodeDefinition, node_input: Any
     ) -> tuple[int, Any]:
         return await self.adapter._start_child(run, act, node, node_input)
 

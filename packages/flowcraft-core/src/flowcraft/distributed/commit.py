@@ -18,8 +18,8 @@ from ..errors import FlowcraftError
 from ..kernel import ITEM, Activation, Kernel
 from ..nodes import NodeResult
 from ..plan import Plan
-from ..runtime import _AWAIT, _Run
 from ..state import FINAL_STATUSES, RunState
+from ..step import AWAIT, RunFrame
 from . import statekeys as sk
 from .base import EngineBase
 from .contracts import (
@@ -167,7 +167,7 @@ class CommitLayer(JobsLayer):
         state = entry.state
         assert state is not None
         await self._enqueue_activations(plan, state, acts, job)
-        if outcome[0] == _AWAIT and outcome[1].get("reason") == "timer":
+        if outcome[0] == AWAIT and outcome[1].get("reason") == "timer":
             await self._schedule_timer(plan, state, act.node_id)
         if entry.final:
             await self._finalize(ctx, state, entry.rec)
@@ -276,7 +276,7 @@ class CommitLayer(JobsLayer):
         rt = self.runtime
         new, data = view.fork()
         kernel = Kernel(plan, new, data, collect_ops=True, shared_inputs=True)
-        run = _Run(plan, new, InMemoryContext(), rt.registry, None, 1, rt.dependencies)
+        run = RunFrame(plan, new, InMemoryContext(), rt.registry, None, 1, rt.dependencies)
         run.ctx.data = data
         run.kernel = kernel
         live: list[_Pending] = []
@@ -298,7 +298,7 @@ class CommitLayer(JobsLayer):
                     res: NodeResult = e.outcome[1]
                     e.acts = kernel.resume(e.act.node_id, res.output, res.action)
                 else:
-                    e.acts = rt._apply(run, e.act, e.outcome)
+                    e.acts = rt.apply_outcome(run, e.act, e.outcome)
             except Exception as exc:
                 e.settle(error=exc)
                 group.remove(e)

@@ -14,8 +14,8 @@ from ..context import PatchOperation
 from ..errors import ErrorRecord, FlowcraftError
 from ..kernel import ITEM, NODE, Activation
 from ..nodes import NodeResult
-from ..runtime import _AWAIT, _ERR, _Run
 from ..state import FINAL_STATUSES, RunState
+from ..step import AWAIT, ERR, RunFrame
 from . import statekeys as sk
 from .commit import _OUTCOME_RESUME, CommitLayer
 from .contracts import (
@@ -110,9 +110,9 @@ class RecoveryLayer(CommitLayer):
         await self._finalize(ctx, state, rec)
 
     async def _start_child(
-        self, run: _Run, act: Activation, node: NodeDefinition, node_input: Any
+        self, run: RunFrame, act: Activation, node: NodeDefinition, node_input: Any
     ) -> tuple[int, Any]:
-        child_bp, initial, start_input = self.runtime._subflow_start(run, node, node_input)
+        child_bp, initial, start_input = self.runtime.subflow_start(run, node, node_input)
         child_id = f"{run.state.execution_id}/{node.id}@{act.iteration}"
         parent = {"runId": run.state.execution_id, "nodeId": node.id, "iteration": act.iteration}
         try:
@@ -122,7 +122,7 @@ class RecoveryLayer(CommitLayer):
         except FlowcraftError as exc:
             if "already exists" not in exc.message:
                 raise  # a redelivered parent job: the child was started before
-        return (_AWAIT, {"reason": "subflow", "blueprintId": child_bp, "childRunId": child_id})
+        return (AWAIT, {"reason": "subflow", "blueprintId": child_bp, "childRunId": child_id})
 
     async def _child_finished(self, parent: Mapping[str, Any], child_id: str) -> None:
         child = await self.get_result(child_id)
@@ -146,12 +146,14 @@ class RecoveryLayer(CommitLayer):
                 node_id=node.id,
                 execution_id=st.execution_id,
             ).to_wire()
-            outcome: tuple[int, Any] = (_ERR, rec)
+            outcome: tuple[int, Any] = (ERR, rec)
             deltas: dict[str, PatchOperation] = {}
         else:
-            tmp = _Run(plan, view.exec_state(node.id), SnapshotContext(view.data), {}, None, 1, {})
+            tmp = RunFrame(
+                plan, view.exec_state(node.id), SnapshotContext(view.data), {}, None, 1, {}
+            )
             tmp.deltas = {}
-            out = self.runtime._subflow_output(tmp, node, child)
+            out = self.runtime.subflow_output(tmp, node, child)
             outcome = (_OUTCOME_RESUME, NodeResult(out))
             deltas = tmp.deltas
         await self._commit_outcome(pctx, view, plan, act, outcome, deltas, None, child=True)

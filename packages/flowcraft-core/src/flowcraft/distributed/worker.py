@@ -20,8 +20,8 @@ from ..executor import retry_delay
 from ..kernel import NODE, Activation
 from ..nodes import NodeResult
 from ..plan import Plan
-from ..runtime import _ERR, _OK, _Run
 from ..state import FINAL_STATUSES
+from ..step import ERR, OK, RunFrame
 from . import statekeys as sk
 from .codec import encode_value
 from .commit import _OUTCOME_RESUME, _Next
@@ -180,7 +180,7 @@ class WorkerLayer(RecoveryLayer):
         node = plan.nodes[act.node_id]
         queue_mode = not self.should_retry_in_process(node)
         rt = self.runtime
-        run = _Run(
+        run = RunFrame(
             plan,
             view.exec_state(act.node_id),
             SnapshotContext(view.data),
@@ -208,14 +208,14 @@ class WorkerLayer(RecoveryLayer):
             await self._fault("before_execute", job)
             run.kernel.on_started(act)
             try:
-                outcome = await rt._execute(run, act)
+                outcome = await rt.execute_step(run, act)
             finally:
                 executing[0] = False
             await run.flush()
             await self._fault("after_execute", job)
             if (
                 queue_mode
-                and outcome[0] == _ERR
+                and outcome[0] == ERR
                 and job.attempt < node.config.max_retries
                 and not outcome[1].get("isFatal")
             ):
@@ -234,7 +234,7 @@ class WorkerLayer(RecoveryLayer):
                     f"attempt {job.attempt} failed: {outcome[1].get('message')}",
                 )
             deltas: Mapping[str, PatchOperation] = run.deltas
-            if outcome[0] != _ERR:
+            if outcome[0] != ERR:
                 outcome, deltas = self._check_values(act, outcome, deltas, run)
             return await self._commit_outcome(
                 ctx, view, plan, act, outcome, deltas, job, lease=lease, inline=budget > 0
@@ -249,7 +249,7 @@ class WorkerLayer(RecoveryLayer):
         act: Activation,
         outcome: tuple[int, Any],
         deltas: Mapping[str, PatchOperation],
-        run: _Run,
+        run: RunFrame,
     ) -> tuple[tuple[int, Any], Mapping[str, PatchOperation]]:
         """Refuse values the backend cannot store: the node fails with an error naming the key
         instead of the job failing (and being redelivered) forever."""
@@ -258,7 +258,7 @@ class WorkerLayer(RecoveryLayer):
             for op in deltas.values():
                 if op.op == "set":
                     encode_value(op.key, op.value, limit)
-            if outcome[0] == _OK:
+            if outcome[0] == OK:
                 encode_value(f"_outputs.{act.node_id}", outcome[1].output, limit)
         except SerializationError as exc:
             rec = ErrorRecord.from_exception(
@@ -267,7 +267,7 @@ class WorkerLayer(RecoveryLayer):
                 blueprint_id=run.blueprint.id,
                 execution_id=run.state.execution_id,
             ).to_wire()
-            return (_ERR, rec), {}
+            return (ERR, rec), {}
         return outcome, deltas
 
     async def _heartbeat(

@@ -22,8 +22,9 @@ from ..errors import ResumeError
 from ..events import EventBus
 from ..kernel import FALLBACK, ITEM, Activation
 from ..nodes import NodeImplementation, NodeResult
-from ..runtime import _AWAIT, _ERR, _OK, FlowRuntime, WorkflowResult, _Run
+from ..runtime import FlowRuntime, WorkflowResult
 from ..state import RunState, WorkflowStatus, output_key
+from ..step import AWAIT, ERR, OK, RunFrame
 
 __all__ = ["Step", "StepKind", "Stepper"]
 
@@ -100,8 +101,8 @@ class Stepper:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _new_run(self, state: RunState, context: dict[str, Any]) -> _Run:
-        return _Run(
+    def _new_run(self, state: RunState, context: dict[str, Any]) -> RunFrame:
+        return RunFrame(
             self._plan,
             state,
             InMemoryContext(context),
@@ -213,8 +214,8 @@ class Stepper:
             except Exception:  # reported by the execution itself
                 node_input = act.input
         run.kernel.on_started(act)
-        outcome = await self.runtime._execute(run, act)
-        new = self.runtime._apply(run, act, outcome)
+        outcome = await self.runtime.execute_step(run, act)
+        new = self.runtime.apply_outcome(run, act, outcome)
         self._ready.extend(new)
         step = self._describe(act, node_input, outcome, new)
         self._history.append(step)
@@ -238,9 +239,9 @@ class Stepper:
             status = ns.status
             if status == "failed":
                 error = ns.error
-        if tag == _ERR:
+        if tag == ERR:
             error = value
-        result = value if tag == _OK and isinstance(value, NodeResult) else None
+        result = value if tag == OK and isinstance(value, NodeResult) else None
         return Step(
             node_id=act.job_node_id,
             kind=_KINDS.get(act.kind, "node"),
@@ -249,7 +250,7 @@ class Stepper:
             output=result.output if result is not None else None,
             action=result.action if result is not None else None,
             error=error,
-            details=value if tag == _AWAIT else None,
+            details=value if tag == AWAIT else None,
             activated=tuple(a.job_node_id for a in new),
             iteration=act.iteration,
         )
