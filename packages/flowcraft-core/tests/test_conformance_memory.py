@@ -41,9 +41,4 @@ class TestInMemoryInlineConformance(TestInMemoryConformance):
     """The same scenarios with inline successors: a worker runs the nodes its commit made ready
     itself (up to 8 per delivered job) instead of sending them through the queue."""
 
-    async def make_worker(
-        self, backend: Any, runtime_options: dict[str, Any], **adapter_kwargs: Any
-    ) -> BaseDistributedAdapter:
-        """An in-memory worker that runs up to 8 successors inline per job."""
-        adapter_kwargs.setdefault("inline_successors", 8)
-        return await super().make_worker(backend, runtime_options, **adapter_kwargs)
+    worker_kwargs = {"inline_successors": 8}

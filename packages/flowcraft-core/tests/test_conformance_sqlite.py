@@ -77,9 +77,4 @@ class TestSqliteInlineConformance(TestSqliteConformance):
     atomic commit-and-lease, so the successor's lease is taken after the commit and the run
     read again before it runs."""
 
-    async def make_worker(
-        self, backend: Any, runtime_options: dict[str, Any], **adapter_kwargs: Any
-    ) -> BaseDistributedAdapter:
-        """A SQLite worker that runs up to 8 successors inline per job."""
-        adapter_kwargs.setdefault("inline_successors", 8)
-        return await super().make_worker(backend, runtime_options, **adapter_kwargs)
+    worker_kwargs = {"inline_successors": 8}

@@ -247,17 +247,33 @@ class IncrementalContext(Protocol):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an adapter's backend can do; the conformance suite runs or skips tests by these.
+    """What an adapter's backend can do; the conformance suite runs or skips tests by these,
+    and picks the form of a test where backends legitimately differ.
 
     Modelled on SQLAlchemy dialect requirements: declare, don't detect.
     """
 
     queue_native_retries: bool = False
+    """A delegated retry (``should_retry_in_process`` False) redelivers the SAME job and the
+    queue counts attempts (BullMQ ``attempts``, SQS receive count): one enqueue per node, not
+    one per attempt. The suite's delegated-retry tests assert that form."""
     delayed_delivery: bool = False
-    push_model: bool = False
+    """``enqueue_job(delay=...)`` is durable (a timer survives worker restarts): sleep nodes."""
     multi_process: bool = False
+    """Workers in separate processes or machines may share the backend. Informational, for
+    deployers: the in-process conformance suite cannot observe it and does not read it."""
     redelivery_on_crash: bool = True
+    """A job whose worker died without acknowledging it is delivered again."""
     dead_letter: bool = False
+    """Invalid jobs go to an inspectable dead-letter store (the suite's ``dead_letters`` hook)."""
+    deduplicates_jobs: bool = False
+    """Enqueues are deduplicated by job id, so an injected duplicate of the same job is
+    swallowed; the suite's ``duplicate_delivery_kwargs`` hook must then turn that off for the
+    duplicate-delivery tests."""
     max_delay_seconds: float | None = None
+    """Longest delay the queue accepts natively (longer sleeps are chained); None: no limit."""
     max_value_bytes: int | None = None
+    """Largest encoded context value the run store accepts; None: no limit."""
     extra: dict[str, Any] | None = None
+    """Backend-specific flags; the suite reads ``bytes_counter`` (commits and bytes written
+    are counted: delta persistence) and ``lambda_handler`` (a Lambda entry point exists)."""

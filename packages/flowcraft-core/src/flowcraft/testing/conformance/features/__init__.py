@@ -1,0 +1,46 @@
+"""The conformance suite's feature classes, one module per feature. Each is a
+:class:`~flowcraft.testing.conformance.base.SuiteBase` subclass holding that feature's tests;
+:class:`~flowcraft.testing.conformance.AdapterConformanceSuite` composes them all. Subclass a
+single one (``class TestMyQueueRetries(RetryTests)``) to run only that feature while
+developing an adapter."""
+
+from __future__ import annotations
+
+from .basics import BasicsTests
+from .dead_letters import DeadLetterTests
+from .durable import DurableTests
+from .faults import FaultTests
+from .load import LoadTests
+from .recovery import RecoveryTests
+from .retries import RetryTests
+from .routing import RoutingTests
+from .values import ValueTests
+from .versions import VersionTests
+
+FEATURES: tuple[type, ...] = (
+    BasicsTests,
+    RoutingTests,
+    RetryTests,
+    FaultTests,
+    RecoveryTests,
+    DurableTests,
+    VersionTests,
+    DeadLetterTests,
+    ValueTests,
+    LoadTests,
+)
+"""Every feature class, in the order :class:`AdapterConformanceSuite` composes them."""
+
+__all__ = [
+    "FEATURES",
+    "BasicsTests",
+    "DeadLetterTests",
+    "DurableTests",
+    "FaultTests",
+    "LoadTests",
+    "RecoveryTests",
+    "RetryTests",
+    "RoutingTests",
+    "ValueTests",
+    "VersionTests",
+]
