@@ -14,11 +14,14 @@ BaseDistributedAdapter`'s; this module only maps it onto BullMQ:
   :meth:`should_retry_in_process`) each attempt is one BullMQ attempt: the job carries
   ``attempts``/``backoff`` and a failed non-final attempt makes the processor raise, so BullMQ
   itself schedules the retry with its backoff.
+* deliveries: the engine decides (``attemptsStarted`` counts deliveries); the processor's
+  outcome settles: return = ack, ``DelayedError`` after ``moveToDelayed`` = redeliver (no
+  attempt spent), ``UnrecoverableError`` = dead letter (BullMQ's failed set, with the reason).
 * crash recovery: BullMQ's job lock (renewed while the processor runs) and its stalled-job
   check redeliver the job of a worker that died; the node lease in Redis keeps a slow node from
   running twice.
-* dead letters: an unparseable job, or a job the engine rejects as invalid, is failed in
-  BullMQ without retry (``UnrecoverableError``) and logged; workers keep going.
+* dead letters: an unparseable or invalid job, or one delivered ``delivery_policy.
+  max_deliveries`` times without success, is failed in BullMQ without retry and logged.
 * shutdown: :meth:`stop` closes the BullMQ worker, which waits for active jobs to finish.
 """
 
@@ -27,31 +30,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
-import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 from flowcraft.blueprint import NodeDefinition
-from flowcraft.distributed.adapter import BaseDistributedAdapter, JobHandler, RetryJob
-from flowcraft.distributed.contracts import (
+from flowcraft.distributed import (
+    BaseDistributedAdapter,
     Capabilities,
-    InvalidJobError,
+    Decision,
+    Delivery,
+    Disposition,
+    JobHandler,
     JobPayload,
+    Option,
     SimulatedCrash,
+    parse_url,
 )
 from flowcraft.distributed.statekeys import RUN_KEY
 from flowcraft.executor import retry_delay
 from flowcraft.redis import RedisRunContext, RedisStateStore, RedisStoreStats, connect
 from flowcraft.state import FINAL_STATUSES
-
-log = logging.getLogger("flowcraft.bullmq")
 
 BACKOFF_STRATEGY: Final = "flowcraft"
 """BullMQ backoff type computed by Flowcraft's own retry policy (used when a node's jitter or
@@ -63,6 +68,8 @@ DEFAULT_REMOVE_ON_FAIL: Final[Mapping[str, int]] = {"age": 7 * 24 * 3600}
 _GENERATION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "flowcraft_bullmq_generation", default=None
 )
+_RAISE: Final = "raise"  # Delivery.attributes: what the processor raises to settle the job
+_NATIVE: Final = "native_retry"  # Delivery.attributes: the attempt BullMQ would run next
 
 
 class NodeAttemptFailed(Exception):
@@ -175,7 +182,6 @@ class BullMQAdapter(BaseDistributedAdapter):
         super().__init__(inline_successors=inline_successors, **kwargs)
         self._queue: Queue | None = None
         self._worker: Worker | None = None
-        self._stopping = False
         self._inflight: set[asyncio.Task[Any]] = set()
         self._close_task: asyncio.Future[None] | None = None
         self.dead_lettered: list[tuple[str, str]] = []
@@ -311,19 +317,9 @@ class BullMQAdapter(BaseDistributedAdapter):
     async def process_jobs(self, handler: JobHandler) -> None:
         """Run a BullMQ ``Worker`` on the queue until :meth:`stop`; returns once every job
         it started has finished."""
-        if self._stopping:
+        if self.stopping:
             return
-
-        async def processor(job: Job, token: str) -> Any:
-            task = asyncio.current_task()
-            if task is not None:
-                self._inflight.add(task)
-            try:
-                return await self._on_job(handler, job, token)
-            finally:
-                if task is not None:
-                    self._inflight.discard(task)
-
+        processor = functools.partial(self._on_job, handler)
         self._worker = Worker(self.queue_name, processor, self._worker_opts())
         blocking = getattr(self._worker.backend, "blocking_connection", None)
         if blocking is not None:
@@ -356,56 +352,66 @@ class BullMQAdapter(BaseDistributedAdapter):
         while w is not None and w.jobs and time.monotonic() < limit:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
-    async def _on_job(self, handler: JobHandler, bjob: Job, token: str) -> Any:
-        data = bjob.data
-        try:
-            payload = JobPayload.parse(data if isinstance(data, str | bytes | dict) else "")
-        except InvalidJobError as exc:
-            self._dead_letter(data, str(exc))
-            raise UnrecoverableError(str(exc)) from None
+    async def _on_job(self, handler: JobHandler, bjob: Job, token: str) -> None:
+        """BullMQ's processor: the engine decides, :meth:`settle` leaves what to raise."""
         attempts = int((bjob.opts or {}).get("attempts") or 0)
-        made = int(bjob.attemptsMade or 0)
-        native = attempts > 1
-        if native:
-            payload = payload.model_copy(
-                update={
-                    "attempt": payload.attempt + made,
-                    "is_last_attempt": made + 1 >= attempts,
-                }
-            )
+        made = int(bjob.attemptsMade or 0) if attempts > 1 else 0  # queue-native attempts
+        body = bjob.data if isinstance(bjob.data, str | bytes | dict) else json.dumps(bjob.data)
+        delivery = Delivery(body, (bjob, token), max(int(bjob.attemptsStarted or 0), 1), made)
+
+        async def run(job: JobPayload, d: Delivery | None) -> None:
+            if attempts > 1:  # BullMQ redelivers the same data for each of its attempts
+                last = made + 1 >= attempts
+                job = job.model_copy(
+                    update={"attempt": job.attempt + made, "is_last_attempt": last}
+                )
+                if not last:  # BullMQ itself retries a failure of this attempt
+                    delivery.attributes[_NATIVE] = job.attempt + 1
+            await handler(job, d)
+
+        task = asyncio.current_task()
+        assert task is not None  # BullMQ runs each processor in a task
+        self._inflight.add(task)
         try:
-            await handler(payload)
-        except RetryJob as exc:
-            if native and made + 1 < attempts and exc.job.attempt == payload.attempt + 1:
-                raise NodeAttemptFailed(exc.reason) from None  # BullMQ retries with backoff
-            await self.enqueue_job(exc.job, delay=exc.delay)
-        except InvalidJobError as exc:
-            self._dead_letter(data, str(exc))
-            raise UnrecoverableError(str(exc)) from None
+            await self.process_delivery(delivery, run)
         except SimulatedCrash:
             # A dead process completes nothing: leave the job active; once its lock expires
             # BullMQ's stalled-job check hands it to a worker again.
             raise DelayedError() from None
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._stopping and self._worker is not None and self._worker.forceClosing:
+        except asyncio.CancelledError:  # given back on shutdown: hide it from BullMQ's loop
+            if not delivery.settled or (self._worker is not None and self._worker.forceClosing):
                 raise
-            if task is not None:
-                task.uncancel()
-            log.info("job %s cancelled with its run", payload.job_id)
-        except Exception:
-            # Infrastructure trouble (not a node failure: those are outcomes): redeliver later
-            # without spending one of the job's attempts.
-            delay = min(0.05 * 2 ** min(int(getattr(bjob, "attemptsStarted", 0) or 0), 7), 5.0)
-            log.exception("job %s failed; redelivering in %.2f s", payload.job_id, delay)
-            await bjob.moveToDelayed(int((time.time() + delay) * 1000), token)
-            raise DelayedError() from None
-        return None
+        finally:
+            self._inflight.discard(task)
+        if _RAISE in delivery.attributes:
+            raise delivery.attributes[_RAISE]
 
-    def _dead_letter(self, data: Any, reason: str) -> None:
-        text = data if isinstance(data, str) else json.dumps(data, default=str)
-        log.error("dead-lettering job %s: %s", text[:200], reason)
+    async def settle(self, delivery: Delivery, decision: Decision) -> None:
+        """A failed attempt of a queue-delegated retry with BullMQ attempts left is retried by
+        BullMQ with its backoff (:class:`NodeAttemptFailed`); the rest as in the base class."""
+        nxt = decision.job  # the next attempt, not a requeue:
+        native = nxt is not None and nxt.attempt == delivery.attributes.get(_NATIVE)
+        if decision.disposition is Disposition.RETRY and native:
+            delivery.attributes[_RAISE] = NodeAttemptFailed(decision.reason)
+            delivery.settled = True
+        else:
+            await super().settle(delivery, decision)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Nothing to do: BullMQ completes the job when the processor returns."""
+
+    async def redeliver(self, delivery: Delivery, delay: float) -> None:
+        """Delay the job by ``delay`` s without spending one of its BullMQ attempts."""
+        bjob, token = delivery.message
+        await bjob.moveToDelayed(int((time.time() + delay) * 1000), token)
+        delivery.attributes[_RAISE] = DelayedError()
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Record the job in :attr:`dead_lettered` and fail it in BullMQ without retry."""
+        body = delivery.body
+        text = body if isinstance(body, str) else json.dumps(body, default=str)
         self.dead_lettered.append((text, reason))
+        delivery.attributes[_RAISE] = UnrecoverableError(reason)
 
     async def dead_letters(self) -> list[tuple[str, str]]:
         """``(job data as text, reason)`` of every job in the queue's failed set (dead
@@ -416,17 +422,12 @@ class BullMQAdapter(BaseDistributedAdapter):
             out.append((d if isinstance(d, str) else json.dumps(d), str(j.failedReason or "")))
         return out
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stopping
-
     async def stop(self) -> None:
         """Stop taking jobs; jobs in progress finish first, then the worker's connections
         close. (BullMQ's own graceful ``close()`` can wait forever on an idle fetch when
         ``concurrency > 1``, so the idle fetches are cancelled once the active jobs are done;
         the close runs in its own task, so cancelling the caller cannot interrupt it.)"""
-        self._stopping = True
+        await super().stop()
         if self._worker is None:
             return
         if self._close_task is None:
@@ -451,30 +452,23 @@ class BullMQAdapter(BaseDistributedAdapter):
         await self.redis.aclose()
 
 
-_URL_OPTIONS: Final = {
-    "queue": ("queue_name", str),
-    "prefix": ("prefix", str),
-    "concurrency": ("concurrency", int),
-    "shards": ("shards", int),
-    "inline": ("inline_successors", int),
+_URL_OPTIONS: Final[Mapping[str, Option]] = {
+    "queue": Option("queue_name"),
+    "prefix": Option("prefix"),
+    "concurrency": Option("concurrency", int),
+    "shards": Option("shards", int),
+    "inline": Option("inline_successors", int),
 }
+_SCHEMES: Final = {"redis": "redis", "rediss": "rediss", "bullmq": "redis"}
 
 
 def from_url(url: str, **kwargs: Any) -> BullMQAdapter:
     """Entry point of the ``redis``/``rediss``/``bullmq`` backend schemes:
-    ``redis://host:port/db?queue=NAME&prefix=PREFIX&concurrency=N&inline=N`` (``bullmq://`` is an
-    alias of ``redis://``). Query options override keyword arguments."""
-    parts = urlsplit(url)
-    scheme = "redis" if parts.scheme == "bullmq" else parts.scheme
-    query = []
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if k in _URL_OPTIONS:
-            name, conv = _URL_OPTIONS[k]
-            kwargs[name] = conv(v)
-        else:
-            query.append((k, v))
-    redis_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
-    return BullMQAdapter(redis_url, **kwargs)
+    ``redis://host:port/db?queue=NAME&prefix=PREFIX&concurrency=N&shards=N&inline=N``
+    (``bullmq://`` is an alias of ``redis://``; other query items go to the Redis client).
+    Query options override keyword arguments."""
+    u = parse_url(url, _URL_OPTIONS, schemes=_SCHEMES, kwargs=kwargs)
+    return BullMQAdapter(u.url, **u.kwargs)
 
 
 __all__ = [
