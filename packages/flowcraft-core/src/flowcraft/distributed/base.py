@@ -26,7 +26,7 @@ from ..blueprint import NodeDefinition, WorkflowBlueprint
 from ..errors import ErrorRecord
 from ..events import EventBus, FlowcraftEvent
 from ..runtime import FlowRuntime, WorkflowResult
-from ..state import FINAL_STATUSES, RunState, WorkflowStatus
+from ..state import RunState, WorkflowStatus
 from . import statekeys as sk
 from .contracts import (
     Capabilities,
@@ -36,6 +36,7 @@ from .contracts import (
     Snapshot,
 )
 from .delivery import Delivery, DeliveryPolicy, JobHandler
+from .results import FinalSource, PullSource, one_by_one
 from .view import RunView
 
 log = logging.getLogger("flowcraft.distributed")
@@ -150,17 +151,29 @@ class EngineBase(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot list runs")
 
     async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
-        """Return once the run is final (or raise TimeoutError). Default: polls with backoff."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            st = await self.status(run_id)
-            if st.status in FINAL_STATUSES:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id!r} still {st.status} after {timeout} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+        """Return once the run is final; KeyError when there is no such run, TimeoutError
+        after ``timeout`` seconds. The waiting is :meth:`final_source`'s (:mod:`.results`)."""
+        await self.final_source().wait(run_id, timeout)
+
+    def final_source(self) -> FinalSource:
+        """Where :meth:`wait_for_final` learns that runs became final: the same
+        :class:`~flowcraft.distributed.results.FinalSource` on every call (it holds the
+        subscription or poller and the waiters). Adapters whose backend announces final runs
+        return a :class:`~flowcraft.distributed.results.PushSource`; stores that can read many
+        statuses at once a :class:`~flowcraft.distributed.results.PullSource` over that read.
+        Default: a pull source reading :meth:`status` run by run."""
+        src: FinalSource | None = getattr(self, "_final_source", None)
+        if src is None:
+
+            async def read(run_id: str) -> str | None:
+                try:
+                    return (await self.status(run_id)).status
+                except KeyError:
+                    return None
+
+            src = PullSource(one_by_one(read))
+            self._final_source: FinalSource = src
+        return src
 
     async def _fault(self, point: str, job: JobPayload | None = None) -> None:
         hook = self.fault_hook

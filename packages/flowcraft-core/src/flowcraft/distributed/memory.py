@@ -10,7 +10,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ from .codec import decode_value, encode_value
 from .consumer import PollingConsumer
 from .contracts import Capabilities, JobPayload, Snapshot
 from .delivery import Delivery, JobHandler
+from .results import PushSource
 
 log = logging.getLogger("flowcraft.memory")
 
@@ -110,7 +111,8 @@ class MemoryBroker:
     _ready: list[tuple[float, int]] = field(default_factory=list)
     _ids: Any = field(default_factory=itertools.count)
     _cond: asyncio.Condition | None = None
-    _final: dict[str, asyncio.Event] = field(default_factory=dict)
+    _final_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    _final_source: PushSource | None = None
 
     def _condition(self) -> asyncio.Condition:
         if self._cond is None:
@@ -181,13 +183,34 @@ class MemoryBroker:
         """Messages not yet acked (queued or in flight)."""
         return len(self._messages)
 
-    # run store
-    def final_event(self, run_id: str) -> asyncio.Event:
-        """Set when the run's final result is published."""
-        ev = self._final.get(run_id)
-        if ev is None:
-            ev = self._final[run_id] = asyncio.Event()
-        return ev
+    # final results
+    def announce_final(self, run_id: str) -> None:
+        """Tell every subscribed waiter that ``run_id`` became final."""
+        for notify in list(self._final_listeners):
+            notify(run_id)
+
+    async def listen_final(
+        self, subscribed: Callable[[], None], notify: Callable[[str], None]
+    ) -> None:
+        """A :data:`~flowcraft.distributed.results.Listener`: ``notify`` hears every run
+        :meth:`announce_final` announces, until cancelled."""
+        self._final_listeners.append(notify)
+        try:
+            subscribed()
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self._final_listeners.remove(notify)
+
+    def final_source(self) -> PushSource:
+        """The waiting for final runs of every adapter on this broker (subscribed only while
+        someone waits)."""
+        if self._final_source is None:
+
+            async def statuses(run_ids: Sequence[str]) -> dict[str, str | None]:
+                return {rid: self.statuses.get(rid) for rid in run_ids}
+
+            self._final_source = PushSource(statuses, self.listen_final, stay_subscribed=False)
+        return self._final_source
 
 
 class MemoryRunContext:
@@ -301,18 +324,11 @@ class InMemoryAdapter(BaseDistributedAdapter):
     async def publish_final_result(self, run_id: str, result: Mapping[str, Any]) -> None:
         """See BaseDistributedAdapter: stored and signalled to waiting clients."""
         self.broker.results[run_id] = dict(result)
-        self.broker.final_event(run_id).set()
+        self.broker.announce_final(run_id)
 
-    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
-        """Wait for the publish signal instead of polling."""
-        ev = self.broker.final_event(run_id)
-        st = await self.status(run_id)
-        if st.status in ("completed", "failed", "stalled", "cancelled"):
-            return
-        try:
-            await asyncio.wait_for(ev.wait(), timeout)
-        except TimeoutError:
-            raise TimeoutError(f"run {run_id!r} not final after {timeout} s") from None
+    def final_source(self) -> PushSource:
+        """See BaseDistributedAdapter: the broker announces published results."""
+        return self.broker.final_source()
 
     async def extend_delivery(self, delivery: Delivery) -> None:
         """Keep the message invisible while its nodes run."""

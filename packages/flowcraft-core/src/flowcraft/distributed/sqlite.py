@@ -29,6 +29,7 @@ from .codec import decode_value, encode_value
 from .consumer import PollingConsumer
 from .contracts import Capabilities, JobPayload, Snapshot
 from .delivery import Delivery, JobHandler
+from .results import FinalSource, PullSource
 
 log = logging.getLogger("flowcraft.sqlite")
 
@@ -331,12 +332,20 @@ class SqliteBackend:
 
         return await self.call(q)
 
-    async def run_status(self, run_id: str) -> str | None:
-        """The indexed status of a run (None when absent)."""
-        row = await self.call(
-            lambda c: c.execute("SELECT status FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
-        )
-        return str(row[0]) if row else None
+    async def run_statuses(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """The indexed status of each run (None when absent), in one query per 500 runs."""
+
+        def q(c: sqlite3.Connection) -> dict[str, str | None]:
+            out: dict[str, str | None] = dict.fromkeys(run_ids)
+            ids = list(out)
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                sel = f"SELECT run_id, status FROM fc_runs WHERE run_id IN ({marks})"
+                out.update((str(r), str(st)) for r, st in c.execute(sel, part))
+            return out
+
+        return await self.call(q)
 
     async def active_runs(self, cursor: str | None, limit: int) -> list[str]:
         """Non-final run ids after ``cursor`` (sorted)."""
@@ -550,20 +559,14 @@ class SqliteAdapter(BaseDistributedAdapter):
         page = ids[:limit]
         return page, (page[-1] if len(ids) > limit else None)
 
-    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
-        """Poll the indexed status with backoff (SQLite cannot notify across processes)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            st = await self.backend.run_status(run_id)
-            if st is None:
-                raise KeyError(f"no run {run_id!r}")
-            if st in _FINAL:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id!r} still {st} after {timeout} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
+    def final_source(self) -> FinalSource:
+        """See BaseDistributedAdapter: polls the indexed statuses of all waiting runs at once,
+        2 to 100 ms apart (SQLite cannot notify across processes)."""
+        src: FinalSource | None = getattr(self, "_final_source", None)
+        if src is None:
+            src = PullSource(self.backend.run_statuses, min_delay=0.002, max_delay=0.1)
+            self._final_source = src
+        return src
 
     async def aclose(self) -> None:
         """Close the database connection if this adapter opened it."""
