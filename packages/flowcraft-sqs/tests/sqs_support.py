@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowcraft.distributed.adapter import JobHandler
+from flowcraft.distributed import JobHandler
 from flowcraft_sqs import (
     ApiStats,
     AwsClients,
@@ -215,33 +215,40 @@ class LambdaStyleAdapter(SqsAdapter):
                 for _ in batch:
                     free.release()
 
+        stop = self.stop_event()
         try:
-            while not self._stopping:
+            while not self.stopping:
                 await free.acquire()
                 slots = 1
                 while slots < min(self.concurrency, 10) and not free.locked():
                     await free.acquire()
                     slots += 1
-                msgs: list[dict[str, Any]] = []
-                try:
-                    self._poll = asyncio.create_task(
-                        self.aws.sqs(
-                            "receive_message",
-                            QueueUrl=url,
-                            MaxNumberOfMessages=slots,
-                            WaitTimeSeconds=self.wait_time_seconds,
-                            VisibilityTimeout=self.visibility_timeout,
-                            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                            MessageAttributeNames=["All"],
-                        )
+                poll = asyncio.ensure_future(
+                    self.aws.sqs(
+                        "receive_message",
+                        QueueUrl=url,
+                        MaxNumberOfMessages=slots,
+                        WaitTimeSeconds=self.wait_time_seconds,
+                        VisibilityTimeout=self.visibility_timeout,
+                        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                        MessageAttributeNames=["All"],
                     )
-                    msgs = (await self._poll).get("Messages", [])
+                )
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
+                    poll.cancel()
+                    raise
                 finally:
-                    self._poll = None
+                    stopper.cancel()
+                msgs: list[dict[str, Any]] = []
+                if poll.done():
+                    msgs = poll.result().get("Messages", [])
+                else:  # stop() ends the long poll at once
+                    poll.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await poll
                 for _ in range(slots - len(msgs)):
                     free.release()
                 if msgs:
@@ -251,7 +258,6 @@ class LambdaStyleAdapter(SqsAdapter):
             if invocations:
                 await asyncio.gather(*list(invocations), return_exceptions=True)
         except asyncio.CancelledError:
-            self._forced = True
             for t in list(invocations):
                 t.cancel()
             raise

@@ -1,0 +1,17 @@
+"""Moved to ``packages/flowcraft-sqs/tests/sqs_support.py`` (next to the SQS conformance
+module). ``import sqs_support`` keeps working here for the integration tests and the SQS
+benchmark: this module loads that file and replaces itself with it, so there is one module
+object whichever directory comes first on ``sys.path``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+_REAL = Path(__file__).resolve().parents[1] / "packages/flowcraft-sqs/tests/sqs_support.py"
+_spec = importlib.util.spec_from_file_location(__name__, _REAL)
+assert _spec is not None and _spec.loader is not None
+_module = importlib.util.module_from_spec(_spec)
+sys.modules[__name__] = _module
+_spec.loader.exec_module(_module)
