@@ -2,7 +2,8 @@
 store (coalesced commits, journaled large commits and their roll-forward, long keys), the
 coordination store's expiry on read, the paged active-run index, sleeps longer than SQS's delay
 cap, the Lambda entry point (sync and async, partial batch responses, native retries), the
-redrive policy for poison messages, and a prompt stop during a long poll."""
+redrive policy for poison messages, how decisions are settled on SQS (native retries re-time
+the message, requeues keep its attributes), and a prompt stop during a long poll."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from flowcraft.context import PatchOperation
-from flowcraft.distributed.contracts import JobPayload
+from flowcraft.distributed import Decision, Delivery, Disposition, JobPayload, RetryJob
 from flowcraft.testing.conformance import Cluster, FaultInjector
 from flowcraft.testing.conformance import scenarios as sc
 from flowcraft_sqs import (
@@ -23,7 +24,9 @@ from flowcraft_sqs import (
     DynamoRunStore,
     SqsAdapter,
     SqsLambdaHandler,
+    SqsMessage,
 )
+from flowcraft_sqs.adapter import MAX_ATTEMPTS_ATTRIBUTE, RETRY_ATTRIBUTE
 from flowcraft_sqs.dynamodb import key_sk
 from services import require_service
 from sqs_support import SqsResources, lambda_record, make_resources
@@ -412,6 +415,72 @@ async def test_lambda_native_retries_report_the_failed_record(res: SqsResources)
     assert result.context == {"_outputs.flaky": "ok on 3", "_outputs.after": "ok on 3"}
 
 
+# -- settling decisions on SQS --------------------------------------------------------------
+
+
+async def _next_delivery(adapter: SqsAdapter) -> Delivery:
+    """The next message of the adapter's queue (waits up to 10 s)."""
+    for _ in range(10):
+        got = await adapter._receive(1)
+        if got:
+            return got[0]
+    raise AssertionError("no message arrived")
+
+
+async def test_native_retries_re_time_the_message_and_requeues_keep_its_attributes(
+    res: SqsResources,
+) -> None:
+    """A native-retry job runs as the attempt its receive count makes it. A failed non-final
+    attempt leaves the SAME message in flight with the backoff as its visibility (no new
+    message); a requeue (a leased node) is a new message that keeps the native-retry
+    attributes; an ack deletes it."""
+    adapter = res.adapter(runtime_options={})
+    job = JobPayload(run_id="r", blueprint_id="b", node_id="n")
+    await adapter.enqueue_job(job, options={"native": True, "maxAttempts": 3})
+    seen: list[tuple[int, bool | None]] = []
+
+    async def fails(j: JobPayload, d: Delivery | None) -> None:
+        seen.append((j.attempt, j.is_last_attempt))
+        raise RetryJob(j.model_copy(update={"attempt": j.attempt + 1}), 0.4, "attempt failed")
+
+    first = await _next_delivery(adapter)
+    decision = await adapter.process_delivery(first, fails)
+    assert decision == Decision(
+        Disposition.RETRY,
+        0.4,
+        job.model_copy(update={"attempt": 2, "is_last_attempt": False}),
+        "attempt failed",
+    )
+    assert isinstance(first.message, SqsMessage)
+    assert (first.message.acked, first.settled) == (False, True)
+    assert res.stats.calls["sqs.send_message"] == 1  # no new message
+    again = await _next_delivery(adapter)
+    assert isinstance(again.message, SqsMessage)
+    assert again.message.message_id == first.message.message_id
+    assert (again.deliveries, again.native_attempts) == (2, 1)
+    requeued = job.model_copy(update={"attempt": 2, "is_last_attempt": False, "requeues": 1})
+
+    async def leased(j: JobPayload, d: Delivery | None) -> None:
+        seen.append((j.attempt, j.is_last_attempt))
+        raise RetryJob(j.model_copy(update={"requeues": 1}), 0.0, "node is leased")
+
+    await adapter.process_delivery(again, leased)
+    assert again.message.acked is True
+    third = await _next_delivery(adapter)
+    assert isinstance(third.message, SqsMessage)
+    assert third.message.message_id != first.message.message_id
+    assert (third.body, third.deliveries) == (requeued.to_json(), 1)
+    assert third.attributes == {RETRY_ATTRIBUTE: "native", MAX_ATTEMPTS_ATTRIBUTE: "3"}
+
+    async def ok(j: JobPayload, d: Delivery | None) -> None:
+        seen.append((j.attempt, j.is_last_attempt))
+
+    assert (await adapter.process_delivery(third, ok)).disposition is Disposition.ACK
+    assert third.message.acked is True
+    assert seen == [(1, False), (2, False), (2, False)]
+    assert await adapter._receive(1) == []
+
+
 # -- poison messages and shutdown -----------------------------------------------------------
 
 
@@ -421,10 +490,10 @@ async def test_redrive_policy_moves_a_poison_message_to_the_dlq(moto_url: str) -
     r = SqsResources(moto_url, f"fct-poison-{uuid.uuid4().hex[:8]}")
     await r.create(max_receive_count=2)
     try:
-        worker = r.adapter(runtime_options={}, error_backoff=0.0)
+        worker = r.adapter(runtime_options={})
         calls: list[str] = []
 
-        async def broken(job: Any) -> None:
+        async def broken(job: Any, delivery: Delivery | None = None) -> None:
             calls.append(job.node_id if isinstance(job, JobPayload) else str(job))
             raise RuntimeError("store unreachable")
 

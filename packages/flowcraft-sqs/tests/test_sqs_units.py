@@ -1,55 +1,48 @@
 """Unit tests of flowcraft-sqs that need no AWS endpoint: delay rounding, message parsing,
-URL options, sort keys, and how a delivery's outcome maps to SQS actions (native retries,
-requeues, dead letters) with a recording stand-in for the AWS clients. Everything that talks to
-SQS/DynamoDB is tested against moto_server in ``integration-tests/test_sqs_*.py``."""
+native-retry attempts, dead-letter entries, URL options and sort keys. Everything that talks to
+SQS/DynamoDB (how a decision is settled on SQS included) is tested against moto_server in
+``integration-tests/test_sqs_*.py`` and ``tests/test_poison.py``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from flowcraft.distributed.adapter import RetryJob
-from flowcraft.distributed.contracts import InvalidJobError, JobPayload
-from flowcraft_sqs import AwsConfig, Delivery, SqsAdapter, delay_seconds, from_url
-from flowcraft_sqs.adapter import MAX_ATTEMPTS_ATTRIBUTE, RETRY_ATTRIBUTE, visibility_seconds
+from flowcraft.distributed import JobPayload
+from flowcraft_sqs import (
+    AwsConfig,
+    SqsAdapter,
+    SqsMessage,
+    delay_seconds,
+    from_url,
+    message_delivery,
+    record_delivery,
+)
+from flowcraft_sqs.adapter import (
+    MAX_ATTEMPTS_ATTRIBUTE,
+    MAX_MESSAGE_BYTES,
+    RETRY_ATTRIBUTE,
+    _dead_letter_entry,
+    native_attempt,
+    visibility_seconds,
+)
 from flowcraft_sqs.dynamodb import key_sk
-
-
-class RecordingAws:
-    """Stands in for AwsClients: records SQS calls, answers nothing else."""
-
-    def __init__(self) -> None:
-        from flowcraft_sqs import ApiStats
-
-        self.stats = ApiStats()
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    async def sqs(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        self.calls.append((operation, kwargs))
-        return {}
-
-    async def ddb(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        raise AssertionError(f"unexpected DynamoDB call {operation}")
-
-    async def aclose(self) -> None:
-        return None
-
-
-def _adapter(**kw: Any) -> tuple[SqsAdapter, RecordingAws]:
-    a = SqsAdapter(queue="http://q", table="t", dead_letter_queue="http://dlq", **kw)
-    rec = RecordingAws()
-    a.aws = rec  # type: ignore[assignment]
-    return a, rec
-
 
 JOB = JobPayload(run_id="r", blueprint_id="b", node_id="n")
 
 
-def _delivery(body: str, rc: int = 1, native: int | None = None) -> Delivery:
+def _message(rc: int, native: int | None = None) -> dict[str, object]:
     attrs = {}
     if native is not None:
-        attrs = {RETRY_ATTRIBUTE: "native", MAX_ATTEMPTS_ATTRIBUTE: str(native)}
-    return Delivery("m1", "rh1", body, rc, attrs)
+        attrs = {
+            RETRY_ATTRIBUTE: {"StringValue": "native", "DataType": "String"},
+            MAX_ATTEMPTS_ATTRIBUTE: {"StringValue": str(native), "DataType": "String"},
+        }
+    return {
+        "MessageId": "m1",
+        "ReceiptHandle": "rh1",
+        "Body": JOB.to_json(),
+        "Attributes": {"ApproximateReceiveCount": str(rc)},
+        "MessageAttributes": attrs,
+    }
 
 
 @pytest.mark.parametrize(
@@ -75,7 +68,9 @@ def test_visibility_backoffs_go_beyond_the_delay_cap() -> None:
 
 
 def test_delivery_from_receive_and_from_lambda_record() -> None:
-    """Both message shapes give the same delivery (receive count, string attributes)."""
+    """Both message shapes give the same delivery: body, receive count as ``deliveries``,
+    string attributes, and an SQS handle (a Lambda record is deleted by the event source
+    mapping, so it is marked as such)."""
     m = {
         "MessageId": "id",
         "ReceiptHandle": "rh",
@@ -90,10 +85,61 @@ def test_delivery_from_receive_and_from_lambda_record() -> None:
         "attributes": {"ApproximateReceiveCount": "3"},
         "messageAttributes": {RETRY_ATTRIBUTE: {"stringValue": "native", "dataType": "String"}},
     }
-    for d in (Delivery.from_message(m), Delivery.from_lambda_record(r)):
-        assert (d.message_id, d.receipt_handle, d.body, d.receive_count) == ("id", "rh", "{}", 3)
-        assert d.native_retries is True
-        assert d.max_attempts is None
+    for d, lam in ((message_delivery(m), False), (record_delivery(r), True)):
+        assert (d.body, d.deliveries, d.attributes) == ("{}", 3, {RETRY_ATTRIBUTE: "native"})
+        assert isinstance(d.message, SqsMessage)
+        assert (d.message.message_id, d.message.receipt_handle) == ("id", "rh")
+        assert (d.message.event_source, d.message.acked) == (lam, False)
+        # native without a known budget: one attempt, so no delivery is a native retry
+        assert d.native_attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("rc", "native", "attempt", "last", "native_attempts"),
+    [
+        (1, None, 1, None, 0),  # not a native-retry message: unchanged
+        (5, None, 1, None, 0),
+        (1, 3, 1, False, 0),
+        (2, 3, 2, False, 1),
+        (3, 3, 3, True, 2),
+        (7, 3, 3, True, 2),  # crash redeliveries past the budget stay on the last attempt
+    ],
+)
+def test_native_retry_attempt_from_receive_count(
+    rc: int, native: int | None, attempt: int, last: bool | None, native_attempts: int
+) -> None:
+    """A native-retry message's attempt is ``attempt + receive count - 1`` (capped at the
+    node's budget, ``isLastAttempt`` on the last); its redeliveries up to the budget are node
+    attempts, not counted against the delivery cap."""
+    d = message_delivery(_message(rc, native))
+    job = native_attempt(JOB, d)
+    assert (job.attempt, job.is_last_attempt) == (attempt, last)
+    assert (d.deliveries, d.native_attempts) == (rc, native_attempts)
+
+
+def test_dead_letter_entry_carries_the_reason_and_fits_sqs() -> None:
+    """A dead letter is the body as received with ``fc-reason`` and ``fc-message-id``; a body
+    too large to travel with them is cut (its size in ``fc-truncated``), and an empty body
+    becomes ``(empty)`` (SQS refuses empty messages)."""
+    e = _dead_letter_entry("{not json", "invalid job payload: x", "m1")
+    assert e == {
+        "MessageBody": "{not json",
+        "MessageAttributes": {
+            "fc-reason": {"DataType": "String", "StringValue": "invalid job payload: x"},
+            "fc-message-id": {"DataType": "String", "StringValue": "m1"},
+        },
+    }
+    assert _dead_letter_entry("", "", "m2")["MessageBody"] == "(empty)"
+    assert _dead_letter_entry("", "", "m2")["MessageAttributes"]["fc-reason"] == {
+        "DataType": "String",
+        "StringValue": "invalid",
+    }
+    big = _dead_letter_entry("é" * MAX_MESSAGE_BYTES, "r" * 5000, "m3")
+    attrs = {k: v["StringValue"] for k, v in big["MessageAttributes"].items()}
+    assert attrs == {"fc-reason": "r" * 4000, "fc-message-id": "m3", "fc-truncated": "2097152"}
+    size = len(big["MessageBody"].encode()) + sum(len(k) + 6 + len(v) for k, v in attrs.items())
+    assert MAX_MESSAGE_BYTES - 128 < size <= MAX_MESSAGE_BYTES
+    assert set(big["MessageBody"]) == {"é"}
 
 
 def test_from_url_options() -> None:
@@ -106,10 +152,15 @@ def test_from_url_options() -> None:
     assert (a.queue, a.table, a.dead_letter_queue) == ("jobs", "runs", "jobs-dlq")
     assert (a.concurrency, a.wait_time_seconds, a.visibility_timeout) == (3, 5, 90)
     assert a.aws.config == AwsConfig(region_name="eu-west-1", endpoint_url="http://127.0.0.1:5000")
-    with pytest.raises(ValueError, match="unknown sqs:// URL option 'bogus'"):
+    with pytest.raises(ValueError, match=r"unknown option 'bogus' \(known: concurrency, dlq, "):
         from_url("sqs://jobs?bogus=1")
-    with pytest.raises(ValueError, match="not an sqs:// URL"):
+    with pytest.raises(ValueError, match=r"option concurrency='x' is not a valid int"):
+        from_url("sqs://jobs?concurrency=x")
+    with pytest.raises(ValueError, match=r"expected one of sqs://"):
         from_url("redis://x")
+    d = from_url("sqs://", table="given", concurrency=2)
+    assert (d.queue, d.table, d.concurrency) == ("flowcraft", "given", 2)
+    assert from_url("sqs://jobs?concurrency=5", concurrency=2).concurrency == 5
 
 
 def test_sort_keys() -> None:
@@ -126,87 +177,3 @@ def test_constructor_validates_sqs_limits() -> None:
         SqsAdapter(queue="q", table="t", wait_time_seconds=21)
     with pytest.raises(ValueError, match="visibility_timeout"):
         SqsAdapter(queue="q", table="t", visibility_timeout=0)
-
-
-async def test_native_retry_attempt_from_receive_count() -> None:
-    """A native-retry message's attempt is ``attempt + receive count - 1`` (capped at the
-    node's budget); a failed non-final attempt keeps the message and sets its visibility to
-    the backoff instead of sending a new one."""
-    a, rec = _adapter()
-    seen: list[tuple[int, bool | None]] = []
-
-    async def fails(job: JobPayload) -> None:
-        seen.append((job.attempt, job.is_last_attempt))
-        raise RetryJob(job.model_copy(update={"attempt": job.attempt + 1}), 2.5, "boom")
-
-    outcome = await a.deliver(fails, _delivery(JOB.to_json(), rc=2, native=3))
-    assert outcome == "keep"
-    assert seen == [(2, False)]
-    assert rec.calls == [
-        (
-            "change_message_visibility",
-            {"QueueUrl": "http://q", "ReceiptHandle": "rh1", "VisibilityTimeout": 3},
-        )
-    ]
-    seen.clear()
-
-    async def ok(job: JobPayload) -> None:
-        seen.append((job.attempt, job.is_last_attempt))
-
-    assert await a.deliver(ok, _delivery(JOB.to_json(), rc=7, native=3)) == "ack"
-    assert seen == [(3, True)]
-
-
-async def test_requeue_sends_a_new_message_and_carries_native_attributes() -> None:
-    """A RetryJob that is not a node attempt (a leased node, a wrong version) is sent as a new
-    message with its delay; a native-retry job keeps its attributes."""
-    a, rec = _adapter()
-    nxt = JOB.model_copy(update={"requeues": 1})
-
-    async def leased(job: JobPayload) -> None:
-        raise RetryJob(nxt, 0.15, "node is leased by another worker")
-
-    assert await a.deliver(leased, _delivery(JOB.to_json(), native=4)) == "ack"
-    assert rec.calls == [
-        (
-            "send_message",
-            {
-                "QueueUrl": "http://q",
-                "MessageBody": nxt.to_json(),
-                "DelaySeconds": 1,
-                "MessageAttributes": {
-                    RETRY_ATTRIBUTE: {"DataType": "String", "StringValue": "native"},
-                    MAX_ATTEMPTS_ATTRIBUTE: {"DataType": "String", "StringValue": "4"},
-                },
-            },
-        )
-    ]
-
-
-async def test_invalid_jobs_go_to_the_dlq_and_errors_are_redelivered() -> None:
-    """Unparseable bodies and jobs the engine rejects are dead-lettered (and acked); any
-    other error leaves the message with a short, growing visibility."""
-    a, rec = _adapter(error_backoff=1.0)
-
-    async def never(job: JobPayload) -> None:
-        raise AssertionError("not called")
-
-    assert await a.deliver(never, _delivery("{not json")) == "ack"
-
-    async def rejects(job: JobPayload) -> None:
-        raise InvalidJobError("job for unknown run 'r'")
-
-    assert await a.deliver(rejects, _delivery(JOB.to_json())) == "ack"
-
-    async def broken(job: JobPayload) -> None:
-        raise RuntimeError("store unreachable")
-
-    assert await a.deliver(broken, _delivery(JOB.to_json(), rc=3)) == "keep"
-    ops = [(op, kw.get("QueueUrl"), kw.get("VisibilityTimeout")) for op, kw in rec.calls]
-    assert ops == [
-        ("send_message", "http://dlq", None),
-        ("send_message", "http://dlq", None),
-        ("change_message_visibility", "http://q", 4),
-    ]
-    assert [r for _, r in a.dead_lettered][1] == "job for unknown run 'r'"
-    assert a.dead_lettered[0][0] == "{not json"

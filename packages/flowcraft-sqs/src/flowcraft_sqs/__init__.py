@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from .adapter import (
     MAX_DELAY_SECONDS,
-    Delivery,
     SqsAdapter,
+    SqsMessage,
     create_queues,
     delay_seconds,
     delete_queues,
     from_url,
+    message_delivery,
+    record_delivery,
 )
 from .aws import ApiStats, AwsClients, AwsConfig
 from .dynamodb import (
@@ -36,12 +38,12 @@ __all__ = [
     "ApiStats",
     "AwsClients",
     "AwsConfig",
-    "Delivery",
     "DynamoCoordinationStore",
     "DynamoRunContext",
     "DynamoRunStore",
     "SqsAdapter",
     "SqsLambdaHandler",
+    "SqsMessage",
     "__version__",
     "create_queues",
     "create_table",
@@ -49,4 +51,6 @@ __all__ = [
     "delete_queues",
     "delete_table",
     "from_url",
+    "message_delivery",
+    "record_delivery",
 ]

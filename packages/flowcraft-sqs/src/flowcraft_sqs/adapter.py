@@ -1,26 +1,32 @@
 """SqsAdapter: Flowcraft workers and clients on an SQS queue, with run state in DynamoDB.
 
-All orchestration (routing, joins, exactly-once commits, node leases, recovery) is
-:class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`'s; this module maps it onto SQS:
+All orchestration (routing, joins, exactly-once commits, node leases, recovery) and what happens
+to a delivered message (:func:`~flowcraft.distributed.delivery.decide`: ack, retry, redeliver,
+dead-letter, give back) is the engine's; this module maps it onto SQS:
 
 * receiving: long polling (``WaitTimeSeconds``, up to 10 messages per call, never more than the
-  free concurrency), each message invisible for ``visibility_timeout`` seconds;
-* leases: while a node runs, the engine's heartbeat calls :meth:`SqsAdapter.extend_job_lease`,
+  free concurrency) in a :class:`~flowcraft.distributed.PollingConsumer`, each message
+  invisible for ``visibility_timeout`` seconds; ``stop()`` cancels a long poll at once;
+* leases: while a node runs, the engine's heartbeat calls :meth:`SqsAdapter.extend_delivery`,
   which extends the message's visibility (``ChangeMessageVisibility``); a keeper task also
   extends, in batches, any message whose handling outlives half its visibility timeout;
-* ack: ``DeleteMessage`` once the job was handled; a handler error leaves the message in
-  flight with a short visibility (redelivery), a dead worker's message comes back when its
-  visibility timeout ends;
+* ack: ``DeleteMessage``; redeliver: the message stays in flight and its visibility becomes the
+  redelivery delay (the adapter's ``delivery_policy``); give back on shutdown: visibility 0. A
+  dead worker's message comes back when its visibility timeout ends;
 * delays: ``DelaySeconds`` (whole seconds, rounded up; at most 900, so longer sleeps are re-armed
   by the engine until they are due);
 * retries: in-process by default. With ``retry_in_process=False`` each attempt is a delivery of
   the SAME message: a failed non-final attempt sets the message's visibility to the backoff
   delay instead of deleting it, and the attempt number is the job's ``attempt`` plus SQS's
   ``ApproximateReceiveCount`` minus one (capped at the node's ``maxRetries``);
-* dead letters: a message that is not a valid job, or a job the engine rejects, goes to
-  ``dead_letter_queue`` (when configured; else it is logged) and is deleted. Messages that keep
-  failing for infrastructure reasons are moved to the DLQ by the queue's redrive policy
-  (``maxReceiveCount``, see :func:`create_queues`).
+* dead letters: a message that is not a valid job, a job the engine rejects, or one delivered
+  more than ``delivery_policy.max_deliveries`` times (node attempts redelivered on purpose not
+  counted) goes to ``dead_letter_queue`` with an ``fc-reason`` attribute (when configured; else
+  it is only kept in :attr:`SqsAdapter.dead_lettered`) and is deleted. The queue's redrive
+  policy (``maxReceiveCount``, see :func:`create_queues`) is the backstop.
+
+The same path serves the Lambda entry point (:mod:`flowcraft_sqs.lambda_handler`): there the
+event source mapping deletes the records reported as handled, so ``ack`` only marks them.
 """
 
 from __future__ import annotations
@@ -31,14 +37,22 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any, ClassVar, Final
 
 from flowcraft.blueprint import NodeDefinition
-from flowcraft.distributed.adapter import BaseDistributedAdapter, JobHandler, RetryJob
-from flowcraft.distributed.contracts import Capabilities, InvalidJobError, JobPayload
+from flowcraft.distributed import (
+    BaseDistributedAdapter,
+    Capabilities,
+    Decision,
+    Delivery,
+    Disposition,
+    JobHandler,
+    JobPayload,
+    Option,
+    PollingConsumer,
+    parse_url,
+)
 from flowcraft.state import FINAL_STATUSES
 
 from .aws import ApiStats, AwsClients, AwsConfig, error_code
@@ -48,77 +62,148 @@ log = logging.getLogger("flowcraft.sqs")
 
 __all__ = [
     "MAX_DELAY_SECONDS",
-    "Delivery",
-    "Outcome",
+    "MAX_MESSAGE_BYTES",
     "SqsAdapter",
+    "SqsMessage",
     "create_queues",
     "delay_seconds",
     "delete_queues",
     "from_url",
+    "message_delivery",
+    "native_attempt",
+    "record_delivery",
     "visibility_seconds",
 ]
 
 MAX_DELAY_SECONDS: Final = 900
 """SQS's cap on ``DelaySeconds`` (15 minutes)."""
+MAX_MESSAGE_BYTES: Final = 1_048_576
+"""SQS's cap on a message's body plus attributes (1 MiB)."""
 _MAX_VISIBILITY: Final = 43_200
 RETRY_ATTRIBUTE: Final = "fc-retry"
 """Message attribute marking a job whose attempts are SQS redeliveries (value ``native``)."""
 MAX_ATTEMPTS_ATTRIBUTE: Final = "fc-max-attempts"
 """Message attribute with the node's ``maxRetries`` for native retries."""
 
-Outcome = Literal["ack", "keep"]
-"""What to do with a handled message: delete it (``ack``) or leave it in flight (``keep``:
-its visibility was already set for the redelivery)."""
 
-
-@dataclass
-class Delivery:
-    """One received SQS message being handled (from a worker's receive or a Lambda record)."""
+@dataclass(eq=False)
+class SqsMessage:
+    """The SQS side of a :class:`~flowcraft.distributed.Delivery` (its ``message``): the
+    receipt handle to delete or re-time it with, and bookkeeping for the visibility keeper."""
 
     message_id: str
     receipt_handle: str
-    body: str
-    receive_count: int = 1
-    attributes: dict[str, str] = field(default_factory=dict)
-    """String message attributes (``fc-retry``, ``fc-max-attempts``)."""
+    event_source: bool = False
+    """True for a Lambda record: the event source mapping deletes it when it is reported as
+    handled, so :meth:`SqsAdapter.ack` only marks it."""
+    acked: bool = False
+    """Set by :meth:`SqsAdapter.ack` (deleted, or to be deleted by the event source mapping)."""
     extended_at: float = field(default_factory=time.monotonic)
     """When its visibility was last set (monotonic clock)."""
 
-    @property
-    def native_retries(self) -> bool:
-        """True when the job's attempts are redeliveries of this message."""
-        return self.attributes.get(RETRY_ATTRIBUTE) == "native"
 
-    @property
-    def max_attempts(self) -> int | None:
-        """The node's ``maxRetries`` carried by a native-retry message."""
-        raw = self.attributes.get(MAX_ATTEMPTS_ATTRIBUTE)
-        return int(raw) if raw and raw.isdigit() else None
-
-    @classmethod
-    def from_message(cls, m: Mapping[str, Any]) -> Delivery:
-        """From a ``ReceiveMessage`` result entry."""
-        attrs = {
-            k: str(v.get("StringValue"))
-            for k, v in (m.get("MessageAttributes") or {}).items()
-            if "StringValue" in v
-        }
-        rc = int((m.get("Attributes") or {}).get("ApproximateReceiveCount", "1"))
-        return cls(m["MessageId"], m["ReceiptHandle"], m.get("Body", ""), rc, attrs)
-
-    @classmethod
-    def from_lambda_record(cls, r: Mapping[str, Any]) -> Delivery:
-        """From a record of a Lambda SQS event (camelCase keys)."""
-        attrs = {
-            k: str(v.get("stringValue"))
-            for k, v in (r.get("messageAttributes") or {}).items()
-            if v.get("stringValue") is not None
-        }
-        rc = int((r.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
-        return cls(r["messageId"], r["receiptHandle"], r.get("body", ""), rc, attrs)
+def _delivery(
+    message_id: str,
+    receipt_handle: str,
+    body: str,
+    receive_count: int,
+    attributes: dict[str, str],
+    event_source: bool,
+) -> Delivery:
+    native = 0
+    if attributes.get(RETRY_ATTRIBUTE) == "native":
+        # Node attempts the queue redelivered on purpose: not counted against the delivery cap.
+        native = max(0, min(receive_count - 1, (_max_attempts(attributes) or 1) - 1))
+    return Delivery(
+        body,
+        SqsMessage(message_id, receipt_handle, event_source),
+        deliveries=receive_count,
+        native_attempts=native,
+        attributes=attributes,
+    )
 
 
-_CURRENT: ContextVar[Delivery | None] = ContextVar("flowcraft_sqs_delivery", default=None)
+def message_delivery(m: Mapping[str, Any]) -> Delivery:
+    """A delivery from a ``ReceiveMessage`` result entry (receive count and string message
+    attributes included)."""
+    attrs = {
+        k: str(v.get("StringValue"))
+        for k, v in (m.get("MessageAttributes") or {}).items()
+        if "StringValue" in v
+    }
+    rc = int((m.get("Attributes") or {}).get("ApproximateReceiveCount", "1"))
+    return _delivery(m["MessageId"], m["ReceiptHandle"], m.get("Body", ""), rc, attrs, False)
+
+
+def record_delivery(r: Mapping[str, Any]) -> Delivery:
+    """A delivery from a record of a Lambda SQS event (camelCase keys)."""
+    attrs = {
+        k: str(v.get("stringValue"))
+        for k, v in (r.get("messageAttributes") or {}).items()
+        if v.get("stringValue") is not None
+    }
+    rc = int((r.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
+    return _delivery(r["messageId"], r["receiptHandle"], r.get("body", ""), rc, attrs, True)
+
+
+def _native(delivery: Delivery) -> bool:
+    return delivery.attributes.get(RETRY_ATTRIBUTE) == "native"
+
+
+def _max_attempts(attributes: Mapping[str, Any]) -> int | None:
+    raw = attributes.get(MAX_ATTEMPTS_ATTRIBUTE)
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
+
+
+def native_attempt(job: JobPayload, delivery: Delivery) -> JobPayload:
+    """``job`` as this delivery runs it. For a native-retry message the attempt is the job's
+    ``attempt`` plus the receive count minus one, capped at the node's ``maxRetries`` (carried
+    in ``fc-max-attempts``), and ``isLastAttempt`` is set on the last one; other jobs are
+    returned unchanged."""
+    if not _native(delivery):
+        return job
+    top = _max_attempts(delivery.attributes)
+    attempt = job.attempt + max(delivery.deliveries, 1) - 1
+    if top is not None:
+        attempt = min(attempt, top)
+    return job.model_copy(
+        update={"attempt": attempt, "is_last_attempt": top is not None and attempt >= top}
+    )
+
+
+def _carried(delivery: Delivery) -> Mapping[str, Any] | None:
+    """The native-retry options a requeued job keeps (as in ``get_queue_retry_options``)."""
+    if not _native(delivery):
+        return None
+    return {"native": True, "maxAttempts": _max_attempts(delivery.attributes) or 1}
+
+
+def _text(body: str | bytes | dict[str, Any]) -> str:
+    if isinstance(body, bytes):
+        return body.decode("utf-8", "replace")
+    return body if isinstance(body, str) else str(body)
+
+
+def _dead_letter_entry(body: str, reason: str, message_id: str) -> dict[str, Any]:
+    """``SendMessage`` arguments (without ``QueueUrl``) for a dead letter: the body as received
+    and the ``fc-reason`` and ``fc-message-id`` attributes. A body too large to travel with
+    them is cut to fit (``fc-truncated`` holds its original size in bytes), so a message is
+    never stuck because its dead letter cannot be sent."""
+    attrs = {
+        "fc-reason": reason[:4000] or "invalid",
+        "fc-message-id": message_id,
+    }
+    raw = (body or "(empty)").encode()
+    room = MAX_MESSAGE_BYTES - sum(len(k) + 6 + len(v.encode()) for k, v in attrs.items()) - 64
+    if len(raw) > room:
+        attrs["fc-truncated"] = str(len(raw))
+        body = raw[:room].decode("utf-8", "ignore")
+    return {
+        "MessageBody": body or "(empty)",
+        "MessageAttributes": {
+            k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()
+        },
+    }
 
 
 def delay_seconds(delay: float, cap: float = MAX_DELAY_SECONDS) -> int:
@@ -149,8 +234,8 @@ class SqsAdapter(BaseDistributedAdapter):
     ``wait_time_seconds`` is the long-poll wait (0-20); ``visibility_timeout`` the seconds a
     received message stays invisible (extended while its job runs); ``retry_in_process=False``
     delegates node retries to SQS redeliveries. Other keyword arguments go to
-    :class:`~flowcraft.distributed.adapter.BaseDistributedAdapter` (``runtime_options``,
-    ``lease_seconds``, ...).
+    :class:`~flowcraft.distributed.BaseDistributedAdapter` (``runtime_options``,
+    ``lease_seconds``, ``delivery_policy`` (delivery cap and redelivery backoff), ...).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -175,7 +260,6 @@ class SqsAdapter(BaseDistributedAdapter):
         wait_time_seconds: int = 20,
         visibility_timeout: int = 60,
         retry_in_process: bool = True,
-        error_backoff: float = 1.0,
         active_shards: int = 4,
         stats: ApiStats | None = None,
         on_result: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
@@ -201,17 +285,12 @@ class SqsAdapter(BaseDistributedAdapter):
         self.wait_time_seconds = int(wait_time_seconds)
         self.visibility_timeout = int(visibility_timeout)
         self.retry_in_process = retry_in_process
-        self.error_backoff = error_backoff
         self.on_result = on_result
         self.store = DynamoRunStore(self.aws, table, active_shards=active_shards)
         kwargs.setdefault("coordination_store", DynamoCoordinationStore(self.aws, table))
         super().__init__(**kwargs)
         self._urls: dict[str, str] = {}
-        self._stopping = False
-        self._forced = False
-        self._poll: asyncio.Task[Any] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._inflight: dict[str, Delivery] = {}
+        self._inflight: dict[str, SqsMessage] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._keeper_users = 0
         self.max_status_poll = 0.5
@@ -339,25 +418,28 @@ class SqsAdapter(BaseDistributedAdapter):
 
     # -- visibility ----------------------------------------------------------------------------
 
-    async def _set_visibility(self, d: Delivery, seconds: int) -> None:
-        d.extended_at = time.monotonic()
+    async def _set_visibility(self, m: SqsMessage, seconds: int) -> None:
+        m.extended_at = time.monotonic()
         try:
             await self.aws.sqs(
                 "change_message_visibility",
                 QueueUrl=await self.queue_url(),
-                ReceiptHandle=d.receipt_handle,
+                ReceiptHandle=m.receipt_handle,
                 VisibilityTimeout=max(0, min(seconds, _MAX_VISIBILITY)),
             )
         except Exception as exc:
             # The message was deleted meanwhile, or its receipt is stale (it was redelivered).
-            log.warning("cannot change visibility of %s: %s", d.message_id, exc)
+            log.warning("cannot change visibility of %s: %s", m.message_id, exc)
 
-    async def extend_job_lease(self, job: JobPayload) -> None:
+    async def extend_delivery(self, delivery: Delivery) -> None:
         """Heartbeat: keep the running job's message invisible (at most one call per third of
         the visibility timeout)."""
-        d = _CURRENT.get()
-        if d is not None and time.monotonic() - d.extended_at >= self.visibility_timeout / 3:
-            await self._set_visibility(d, self.visibility_timeout)
+        m = delivery.message
+        if (
+            isinstance(m, SqsMessage)
+            and time.monotonic() - m.extended_at >= self.visibility_timeout / 3
+        ):
+            await self._set_visibility(m, self.visibility_timeout)
 
     async def _keep_visible(self) -> None:
         """Extend, in batches of 10, the messages whose handling outlives half their
@@ -367,14 +449,14 @@ class SqsAdapter(BaseDistributedAdapter):
             await asyncio.sleep(period)
             now = time.monotonic()
             due = [
-                d
-                for d in self._inflight.values()
-                if now - d.extended_at >= self.visibility_timeout / 2
+                m
+                for m in self._inflight.values()
+                if now - m.extended_at >= self.visibility_timeout / 2
             ]
             for i in range(0, len(due), 10):
                 batch = due[i : i + 10]
-                for d in batch:
-                    d.extended_at = now
+                for m in batch:
+                    m.extended_at = now
                 try:
                     await self.aws.sqs(
                         "change_message_visibility_batch",
@@ -382,10 +464,10 @@ class SqsAdapter(BaseDistributedAdapter):
                         Entries=[
                             {
                                 "Id": str(n),
-                                "ReceiptHandle": d.receipt_handle,
+                                "ReceiptHandle": m.receipt_handle,
                                 "VisibilityTimeout": self.visibility_timeout,
                             }
-                            for n, d in enumerate(batch)
+                            for n, m in enumerate(batch)
                         ],
                     )
                 except Exception:
@@ -393,8 +475,8 @@ class SqsAdapter(BaseDistributedAdapter):
 
     @contextlib.asynccontextmanager
     async def keeping_visible(self) -> AsyncIterator[None]:
-        """While inside, the visibility keeper runs (shared by nested users): deliveries in
-        :meth:`tracked` are extended before their visibility ends."""
+        """While inside, the visibility keeper runs (shared by nested users): messages being
+        handled by :meth:`process_delivery` are extended before their visibility ends."""
         self._keeper_users += 1
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.create_task(self._keep_visible())
@@ -409,100 +491,103 @@ class SqsAdapter(BaseDistributedAdapter):
                     await keeper
 
     @contextlib.contextmanager
-    def tracked(self, d: Delivery) -> Iterator[None]:
-        """Register ``d`` as in flight (for the visibility keeper) while inside."""
-        self._inflight[d.receipt_handle] = d
+    def _tracked(self, m: SqsMessage) -> Iterator[None]:
+        """Register ``m`` as in flight (for the visibility keeper) while inside."""
+        self._inflight[m.receipt_handle] = m
         try:
             yield
         finally:
-            self._inflight.pop(d.receipt_handle, None)
+            self._inflight.pop(m.receipt_handle, None)
 
     # -- handling one message ------------------------------------------------------------------
 
-    def _carry(self, d: Delivery) -> Mapping[str, Any] | None:
-        if not d.native_retries:
-            return None
-        return {"native": True, "maxAttempts": d.max_attempts or 1}
+    async def process_delivery(
+        self, delivery: Delivery, handler: JobHandler | None = None
+    ) -> Decision:
+        """See :meth:`~flowcraft.distributed.BaseDistributedAdapter.process_delivery`; the
+        message is kept visible meanwhile, and a native-retry job runs as the attempt its
+        receive count makes it (:func:`native_attempt`). Shared by the polling worker and the
+        Lambda handler."""
+        if _native(delivery):
+            inner = handler or self.handle_job
 
-    async def deliver(self, handler: JobHandler, d: Delivery) -> Outcome:
-        """Handle one delivery with ``handler`` (``handle_job``); returns whether to delete
-        the message. Shared by the polling worker and the Lambda handler. A
-        :class:`~flowcraft.distributed.contracts.SimulatedCrash` (or any BaseException)
-        propagates: the message is neither deleted nor touched."""
-        try:
-            job = JobPayload.parse(d.body)
-        except InvalidJobError as exc:
-            await self.dead_letter(d, str(exc))
-            return "ack"
-        if d.native_retries:
-            attempt = job.attempt + max(d.receive_count, 1) - 1
-            top = d.max_attempts
-            if top is not None:
-                attempt = min(attempt, top)
-            job = job.model_copy(
-                update={
-                    "attempt": attempt,
-                    "is_last_attempt": top is not None and attempt >= top,
-                }
-            )
-        token = _CURRENT.set(d)
-        try:
-            await handler(job)
-        except RetryJob as exc:
-            nxt = exc.job
-            if (
-                d.native_retries
-                and nxt.node_id == job.node_id
-                and nxt.iteration == job.iteration
-                and nxt.kind == job.kind
-                and nxt.attempt == job.attempt + 1
-            ):
-                # A failed non-final attempt: the same message comes back after the backoff.
-                await self._set_visibility(d, visibility_seconds(exc.delay))
-                return "keep"
-            await self.enqueue_job(nxt, delay=exc.delay, options=self._carry(d))
-            return "ack"
-        except InvalidJobError as exc:
-            await self.dead_letter(d, str(exc))
-            return "ack"
-        except asyncio.CancelledError:
-            if self._forced:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            log.info("job %s cancelled with its run", job.job_id)
-            return "ack"
-        except Exception:
-            backoff = self.error_backoff * 2 ** min(max(d.receive_count - 1, 0), 6)
-            log.exception(
-                "job %s failed (receive %d); redelivering in %.0f s",
-                job.job_id,
-                d.receive_count,
-                backoff,
-            )
-            await self._set_visibility(d, visibility_seconds(backoff))
-            return "keep"
-        finally:
-            _CURRENT.reset(token)
-        return "ack"
+            async def attempt(job: JobPayload, d: Delivery | None) -> None:
+                job = delivery.job = native_attempt(job, delivery)
+                await inner(job, d)
 
-    async def dead_letter(self, d: Delivery, reason: str) -> None:
-        """Send the message to ``dead_letter_queue`` with its reason (or log it when there is
-        none); the caller deletes the original."""
-        log.error("dead-lettering message %s: %s", d.message_id, reason)
-        self.dead_lettered.append((d.body, reason))
-        if self.dead_letter_queue is None:
-            return
-        await self.aws.sqs(
-            "send_message",
-            QueueUrl=await self._url(self.dead_letter_queue),
-            MessageBody=d.body or "(empty)",
-            MessageAttributes={
-                "fc-reason": {"DataType": "String", "StringValue": reason[:4000] or "invalid"},
-                "fc-message-id": {"DataType": "String", "StringValue": d.message_id},
-            },
+            handler = attempt
+        m = delivery.message
+        assert isinstance(m, SqsMessage)
+        with self._tracked(m):
+            return await super().process_delivery(delivery, handler)
+
+    def _redelivers_natively(self, delivery: Delivery, decision: Decision) -> bool:
+        """A failed non-final attempt of a native-retry job: the same message comes back."""
+        job, nxt = delivery.job, decision.job
+        if not _native(delivery) or job is None or nxt is None:
+            return False
+        return decision.native or (
+            nxt.node_id == job.node_id
+            and nxt.iteration == job.iteration
+            and nxt.kind == job.kind
+            and nxt.attempt == job.attempt + 1
         )
+
+    async def settle(self, delivery: Delivery, decision: Decision) -> None:
+        """See :meth:`~flowcraft.distributed.BaseDistributedAdapter.settle`. A retry of a
+        native-retry job is SQS's: a failed attempt re-times this message (visibility = the
+        backoff) instead of sending a new one; a requeue (leased node, wrong version) is a new
+        message that keeps the native-retry attributes."""
+        if decision.disposition is not Disposition.RETRY:
+            await super().settle(delivery, decision)
+            return
+        assert decision.job is not None
+        if self._redelivers_natively(delivery, decision):
+            await self.redeliver(delivery, decision.delay)
+        else:
+            await self.enqueue_job(decision.job, delay=decision.delay, options=_carried(delivery))
+            await self.ack(delivery)
+        delivery.settled = True
+
+    async def ack(self, delivery: Delivery) -> None:
+        """``DeleteMessage`` (a Lambda record is only marked: the event source mapping deletes
+        it). A message already deleted or redelivered is logged, not an error."""
+        m = delivery.message
+        assert isinstance(m, SqsMessage)
+        m.acked = True
+        if m.event_source:
+            return
+        try:
+            await self.aws.sqs(
+                "delete_message", QueueUrl=await self.queue_url(), ReceiptHandle=m.receipt_handle
+            )
+        except Exception as exc:
+            if error_code(exc) in ("ReceiptHandleIsInvalid", "InvalidParameterValue"):
+                log.warning("message %s was already deleted or redelivered", m.message_id)
+                return
+            raise
+
+    async def redeliver(self, delivery: Delivery, delay: float) -> None:
+        """Leave the message in flight with visibility ``delay`` (whole seconds, rounded up;
+        0 gives it back at once). A Lambda record stays unacked: it is reported as failed."""
+        m = delivery.message
+        assert isinstance(m, SqsMessage)
+        await self._set_visibility(m, visibility_seconds(delay))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Send the message to ``dead_letter_queue`` with its reason (``fc-reason``; when there
+        is no DLQ it is only recorded in :attr:`dead_lettered`), then delete it."""
+        m = delivery.message
+        assert isinstance(m, SqsMessage)
+        body = _text(delivery.body)
+        self.dead_lettered.append((body, reason))
+        if self.dead_letter_queue is not None:
+            await self.aws.sqs(
+                "send_message",
+                QueueUrl=await self._url(self.dead_letter_queue),
+                **_dead_letter_entry(body, reason, m.message_id),
+            )
+        await self.ack(delivery)
 
     async def dead_letters(self, max_messages: int = 100) -> list[tuple[str, str]]:
         """Peek at the dead-letter queue: ``(body, reason)`` of up to ``max_messages`` messages
@@ -544,87 +629,21 @@ class SqsAdapter(BaseDistributedAdapter):
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
             MessageAttributeNames=["All"],
         )
-        return [Delivery.from_message(m) for m in r.get("Messages", [])]
-
-    async def ack(self, d: Delivery) -> None:
-        """``DeleteMessage``."""
-        try:
-            await self.aws.sqs(
-                "delete_message", QueueUrl=await self.queue_url(), ReceiptHandle=d.receipt_handle
-            )
-        except Exception as exc:
-            if error_code(exc) in ("ReceiptHandleIsInvalid", "InvalidParameterValue"):
-                log.warning("message %s was already deleted or redelivered", d.message_id)
-                return
-            raise
-
-    async def _one(self, handler: JobHandler, d: Delivery) -> None:
-        with self.tracked(d):
-            if await self.deliver(handler, d) == "ack":
-                await self.ack(d)
+        return [message_delivery(m) for m in r.get("Messages", [])]
 
     async def process_jobs(self, handler: JobHandler) -> None:
         """Long-poll the queue and handle up to ``concurrency`` jobs at once until
-        :meth:`stop` (jobs in progress finish first)."""
-        free = asyncio.Semaphore(self.concurrency)
+        :meth:`stop` (which cancels a long poll; jobs in progress finish first)."""
+        consumer = PollingConsumer(
+            self,
+            self._receive,
+            concurrency=self.concurrency,
+            batch=min(self.concurrency, 10),
+            cancel_on_stop=True,
+            handler=handler,
+        )
         async with self.keeping_visible():
-            await self._poll_loop(handler, free)
-
-    async def _poll_loop(self, handler: JobHandler, free: asyncio.Semaphore) -> None:
-        try:
-            while not self._stopping:
-                await free.acquire()
-                slots = 1
-                while slots < min(self.concurrency, 10) and not free.locked():
-                    await free.acquire()
-                    slots += 1
-                msgs: list[Delivery] = []
-                try:
-                    self._poll = asyncio.create_task(self._receive(slots))
-                    msgs = await self._poll
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        for _ in range(slots):
-                            free.release()
-                        raise
-                except Exception:
-                    log.exception("receiving from %s failed; retrying", self.queue)
-                    await asyncio.sleep(min(self.error_backoff, 1.0))
-                finally:
-                    self._poll = None
-                for _ in range(slots - len(msgs)):
-                    free.release()
-                for d in msgs:
-                    t = asyncio.create_task(self._one(handler, d))
-                    self._tasks.add(t)
-
-                    def done(t: asyncio.Task[Any]) -> None:
-                        self._tasks.discard(t)
-                        free.release()
-                        if not t.cancelled() and t.exception() is not None:
-                            # e.g. SimulatedCrash: the job died unacked; SQS redelivers it.
-                            log.warning("job task died: %r", t.exception())
-
-                    t.add_done_callback(done)
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        except asyncio.CancelledError:
-            self._forced = True
-            for t in list(self._tasks):
-                t.cancel()
-            raise
-
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stopping
-
-    async def stop(self) -> None:
-        """Stop receiving (an in-flight long poll is cancelled); jobs in progress finish."""
-        self._stopping = True
-        if self._poll is not None:
-            self._poll.cancel()
+            await consumer.run()
 
     async def aclose(self) -> None:
         """Stop and close the AWS clients (unless they were passed in)."""
@@ -691,40 +710,29 @@ async def delete_queues(aws: AwsClients, *urls: str | None) -> None:
 
 
 _URL_OPTIONS: Final = {
-    "table": ("table", str),
-    "dlq": ("dead_letter_queue", str),
-    "concurrency": ("concurrency", int),
-    "wait": ("wait_time_seconds", int),
-    "visibility": ("visibility_timeout", int),
+    "table": Option("table"),
+    "dlq": Option("dead_letter_queue"),
+    "concurrency": Option("concurrency", int),
+    "wait": Option("wait_time_seconds", int),
+    "visibility": Option("visibility_timeout", int),
+    "region": Option("region_name"),
+    "endpoint": Option("endpoint_url"),
 }
 
 
 def from_url(url: str, **kwargs: Any) -> SqsAdapter:
     """Entry point of the ``sqs`` backend scheme:
-    ``sqs://QUEUE?table=TABLE&region=REGION&endpoint=URL&dlq=QUEUE&concurrency=N``.
+    ``sqs://QUEUE?table=TABLE&region=REGION&endpoint=URL&dlq=QUEUE&concurrency=N``
+    (also ``wait`` and ``visibility``, in seconds).
 
     ``QUEUE`` is a queue name (or, URL-encoded, a queue URL); ``endpoint`` points at an
     emulator (``http://127.0.0.1:5000`` for ``moto_server``). Credentials come from the
-    default AWS chain. Query options override keyword arguments."""
-    parts = urlsplit(url)
-    if parts.scheme != "sqs":
-        raise ValueError(f"not an sqs:// URL: {url!r}")
-    from urllib.parse import unquote
-
-    queue = unquote(parts.netloc + parts.path).strip("/") or "flowcraft"
-    region: str | None = None
-    endpoint: str | None = None
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if k in _URL_OPTIONS:
-            name, conv = _URL_OPTIONS[k]
-            kwargs[name] = conv(v)
-        elif k == "region":
-            region = v
-        elif k == "endpoint":
-            endpoint = v
-        else:
-            raise ValueError(f"unknown sqs:// URL option {k!r}")
-    if "aws" not in kwargs:
-        kwargs["aws"] = AwsConfig(region_name=region, endpoint_url=endpoint)
-    kwargs.setdefault("table", "flowcraft")
-    return SqsAdapter(queue=queue, **kwargs)
+    default AWS chain. Query options override keyword arguments; unknown ones are refused."""
+    b = parse_url(url, _URL_OPTIONS, schemes={"sqs": "sqs"}, passthrough=False, kwargs=kwargs)
+    kw = b.kwargs
+    region = kw.pop("region_name", None)
+    endpoint = kw.pop("endpoint_url", None)
+    if "aws" not in kw:
+        kw["aws"] = AwsConfig(region_name=region, endpoint_url=endpoint)
+    kw.setdefault("table", "flowcraft")
+    return SqsAdapter(queue=b.name or "flowcraft", **kw)

@@ -63,7 +63,6 @@ from typing import Any, Final
 from flowcraft.context import PatchOperation
 from flowcraft.distributed.codec import decode_value, encode_value
 from flowcraft.distributed.contracts import Snapshot
-from flowcraft.distributed.statekeys import RUN_KEY
 from flowcraft.errors import SerializationError
 from flowcraft.state import FINAL_STATUSES
 
@@ -447,25 +446,19 @@ class DynamoRunStore:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def _encode_ops(
-        self, ops: Iterable[PatchOperation]
-    ) -> tuple[list[tuple[str, str, str]], str | None]:
-        """Coalesce per key (last wins) and encode: ``[(op, key, json)]`` and the run status
-        carried by a ``_fc.run`` write, if any."""
+    def _encode_ops(self, ops: Iterable[PatchOperation]) -> list[tuple[str, str, str]]:
+        """Coalesce per key (last wins) and encode: ``[(op, key, json)]``."""
         last: dict[str, PatchOperation] = {}
         for op in ops:
             last.pop(op.key, None)
             last[op.key] = op
         out: list[tuple[str, str, str]] = []
-        status: str | None = None
         for key, op in last.items():
             if op.op == "set":
                 out.append(("set", key, encode_value(key, op.value, self.max_value_bytes)))
-                if key == RUN_KEY and isinstance(op.value, Mapping):
-                    status = str(op.value.get("status", "running"))
             else:
                 out.append(("delete", key, ""))
-        return out, status
+        return out
 
     def _meta_update(
         self,
@@ -539,10 +532,16 @@ class DynamoRunStore:
         return {"Put": {"TableName": self.table, "Item": item}}
 
     async def commit(
-        self, run_id: str, ops: Sequence[PatchOperation], expected: int | None
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int | None,
+        status: str | None = None,
     ) -> tuple[bool, int]:
         """Apply ``ops`` atomically when the run's version equals ``expected`` (any version when
-        None); returns ``(committed, bytes written)``.
+        None); returns ``(committed, bytes written)``. ``status`` (when given) is the run's
+        status after the commit: it is recorded on the meta item and keeps the ``active`` index
+        (non-final runs) current.
 
         Commits of one run from this store (one worker's concurrent jobs, e.g. the branches of
         a fan-in) go one at a time, so one that is already stale fails here, without a
@@ -551,17 +550,21 @@ class DynamoRunStore:
         if lock is None:
             lock = self._run_locks[run_id] = asyncio.Lock()
         async with lock:
-            return await self._commit(run_id, ops, expected)
+            return await self._commit(run_id, ops, expected, status)
 
     async def _commit(
-        self, run_id: str, ops: Sequence[PatchOperation], expected: int | None
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int | None,
+        status: str | None,
     ) -> tuple[bool, int]:
         cached = self._cache.get(run_id)
         if expected is not None and cached is not None and cached[0] > expected:
             # This store already saw a newer version (versions only grow): the compare-and-set
             # would fail, so do not spend a transaction on it.
             return False, 0
-        encoded, status = self._encode_ops(ops)
+        encoded = self._encode_ops(ops)
         nbytes = sum(len(k) + len(t) for op, k, t in encoded if op == "set")
         size = sum(len(k.encode()) + len(t.encode()) + 64 for _, k, t in encoded)
         journal = len(encoded) + 1 > MAX_TX_ITEMS or size > MAX_TX_BYTES
@@ -761,8 +764,10 @@ class DynamoRunContext:
         self._run_id = run_id
         self._on_commit = on_commit
 
-    async def _commit(self, ops: Sequence[PatchOperation], expected: int | None) -> bool:
-        ok, written = await self._store.commit(self._run_id, ops, expected)
+    async def _commit(
+        self, ops: Sequence[PatchOperation], expected: int | None, status: str | None = None
+    ) -> bool:
+        ok, written = await self._store.commit(self._run_id, ops, expected, status)
         if ok and self._on_commit is not None:
             self._on_commit(written)
         return ok
@@ -798,9 +803,15 @@ class DynamoRunContext:
         """See DistributedContext."""
         return await self._store.load(self._run_id)
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
-        """See DistributedContext."""
-        return await self._commit(ops, expected_version)
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
+        """See DistributedContext (``status`` keeps the meta item's status and the active-run
+        index)."""
+        return await self._commit(ops, expected_version, status)
 
 
 class DynamoCoordinationStore:

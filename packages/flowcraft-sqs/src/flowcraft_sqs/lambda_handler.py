@@ -16,19 +16,22 @@
     lambda_handler = SqsLambdaHandler(make_adapter)
 
 Configure the event source mapping with ``FunctionResponseTypes: ["ReportBatchItemFailures"]``.
-Each record is one job, handled with ``handle_job`` (records of one batch run concurrently); the
-handler returns ``{"batchItemFailures": [...]}`` naming only the records to be redelivered, so
-the event source mapping deletes the others:
+Each record is one job, handled exactly as a polling worker handles a message
+(:meth:`SqsAdapter.process_delivery <flowcraft_sqs.SqsAdapter.process_delivery>`: the engine
+decides, the adapter settles; records of one batch run concurrently), except that the adapter
+does not delete a record itself: the handler returns ``{"batchItemFailures": [...]}`` naming
+only the records that were not acked, and the event source mapping deletes the others:
 
 * handled (including jobs dropped as duplicates, and jobs the engine asked to retry later:
   those were re-enqueued with their delay): success, the record is deleted;
-* invalid (unparseable, unknown run, another blueprint): sent to the dead-letter queue (when
-  configured) and reported as success;
+* poison (unparseable, unknown run or node, another blueprint, or delivered more than the
+  adapter's ``delivery_policy.max_deliveries`` times): sent to the dead-letter queue (when
+  configured) with its reason and reported as success;
 * a failed non-final attempt with ``retry_in_process=False``: the record's visibility is set to
   the backoff delay and it is reported as failed, so the same message comes back with a higher
   ``ApproximateReceiveCount`` (its attempt number);
-* any other error (the store is unreachable, ...): reported as failed, redelivered after a
-  short visibility.
+* any other error (the store is unreachable, ...): reported as failed, its visibility set to
+  the policy's redelivery backoff.
 
 The function's timeout must be shorter than the queue's visibility timeout (AWS recommends the
 visibility timeout be six times the function timeout). Give the adapter the queue's visibility
@@ -44,7 +47,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .adapter import Delivery, SqsAdapter
+from .adapter import SqsAdapter, SqsMessage, record_delivery
 
 log = logging.getLogger("flowcraft.sqs.lambda")
 
@@ -77,10 +80,10 @@ class SqsLambdaHandler:
 
     async def handle_record(self, record: Mapping[str, Any]) -> bool:
         """Handle one SQS record; True when it may be deleted (a success for Lambda)."""
-        adapter = self.adapter
-        d = Delivery.from_lambda_record(record)
-        with adapter.tracked(d):
-            return await adapter.deliver(adapter.handle_job, d) == "ack"
+        d = record_delivery(record)
+        await self.adapter.process_delivery(d)
+        assert isinstance(d.message, SqsMessage)
+        return d.message.acked
 
     async def handle_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Handle a Lambda SQS event; returns the partial batch response."""
