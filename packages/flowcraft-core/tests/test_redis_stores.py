@@ -398,32 +398,59 @@ def test_a_runs_keys_share_one_cluster_slot() -> None:
 # -- final-result notifications ------------------------------------------------------------------
 
 
-async def test_wait_final_wakes_on_publish(store: RedisStateStore) -> None:
-    final = asyncio.Event()
-
-    async def is_final() -> bool:
-        return final.is_set()
-
-    waiter = asyncio.create_task(store.wait_final("w1", is_final, 10, recheck_every=60))
+async def test_final_source_wakes_on_publish(store: RedisStateStore) -> None:
+    ctx = store.context("w1")
+    assert await ctx.commit([live()], 0, "running")
+    src = store.final_source()
+    src.recheck_every = 60
+    waiter = asyncio.create_task(src.wait("w1", 10))
     await asyncio.sleep(0.05)
     assert not waiter.done()
-    final.set()
+    assert await ctx.commit([live("completed")], 1, "completed")
     await store.publish_final("w1", "completed")
     await asyncio.wait_for(waiter, 5)
+    assert src.waiting == 0
 
 
-async def test_wait_final_returns_at_once_when_final_and_times_out_otherwise(
+async def test_final_source_returns_at_once_when_final_and_times_out_otherwise(
     store: RedisStateStore,
 ) -> None:
-    async def yes() -> bool:
-        return True
+    assert await store.context("done").commit([live("failed")], 0, "failed")
+    assert await store.context("never").commit([live()], 0, "running")
+    src = store.final_source()
+    await asyncio.wait_for(src.wait("done", 1), 0.5)
+    with pytest.raises(TimeoutError) as err:
+        await src.wait("never", 0.05)
+    assert str(err.value) == "run 'never' still running after 0.05 s"
+    with pytest.raises(KeyError, match="no run 'nobody'"):
+        await src.wait("nobody", 1)
+    assert await store.run_statuses(["done", "never", "nobody"]) == {
+        "done": "failed",
+        "never": "running",
+        "nobody": None,
+    }
 
-    async def no() -> bool:
-        return False
 
-    await store.wait_final("done", yes, 1)
-    with pytest.raises(TimeoutError, match="not final"):
-        await store.wait_final("never", no, 0.05)
+async def test_waiting_reads_the_status_once_per_wake_up(store: RedisStateStore) -> None:
+    """A wake-up before the run is final (a publish that came early) costs one read; then the
+    waiter sleeps until the next publish instead of re-reading in a loop."""
+    ctx = store.context("slow")
+    assert await ctx.commit([live()], 0, "running")
+    counter = CommandCounter(store.client)
+    try:
+        waiter = asyncio.create_task(store.final_source().wait("slow", None))
+        await asyncio.sleep(0.1)
+        await store.publish_final("slow", "completed")  # early: the run is still running
+        await asyncio.sleep(1.0)
+        assert not waiter.done()
+        assert counter.names.count("HGET") == 2  # the first check, the early wake-up
+        assert await ctx.commit([live("completed")], 1, "completed")
+        await store.publish_final("slow", "completed")
+        await asyncio.wait_for(waiter, 5)
+        reads = [n for n in counter.names if n in ("HGET", "HMGET", "HGETALL", "EVALSHA")]
+        assert reads == ["HGET", "HGET", "EVALSHA", "HGET"]  # the commit is the EVALSHA
+    finally:
+        counter.close()
 
 
 async def test_publish_message_names_run_and_status(store: RedisStateStore) -> None:

@@ -38,7 +38,6 @@ node records and edge flags, which the engine only reads.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -46,7 +45,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,7 +54,8 @@ import redis.asyncio as aioredis
 from ..context import PatchOperation
 from ..distributed.codec import decode_value, encode_value
 from ..distributed.contracts import Snapshot
-from ..distributed.notify import FinalResultWatcher
+from ..distributed.results import PushSource
+from ..distributed.statekeys import RUN_KEY
 from ..distributed.view import Changes, CommitResult
 from ..state import FINAL_STATUSES
 
@@ -686,7 +686,7 @@ class RedisStateStore:
         self.coordination = RedisCoordinationStore(client, self.layout)
         self._commit = client.register_script(_COMMIT_LUA)
         self._load_since = client.register_script(_LOAD_SINCE_LUA)
-        self._watcher: _FinalWatcher | None = None
+        self._final: PushSource | None = None
 
     def _remember(self, run_id: str, cached: _CachedRun) -> None:
         cache = self._cache
@@ -749,64 +749,54 @@ class RedisStateStore:
         msg = json.dumps({"runId": run_id, "status": status}, separators=(",", ":"))
         await self.client.publish(self.layout.final_channel(run_id), msg)
 
-    async def wait_final(
-        self,
-        run_id: str,
-        is_final: Callable[[], Awaitable[bool]],
-        timeout: float | None,
-        *,
-        recheck_every: float = 2.0,
+    async def run_statuses(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """The status in each run's ``_fc.run`` record (None when the run does not exist):
+        one ``HGET`` per run, pipelined when there are several."""
+        if len(run_ids) == 1:
+            raw: list[Any] = [await self.client.hget(self.layout.run(run_ids[0]), RUN_KEY)]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for rid in run_ids:
+                pipe.hget(self.layout.run(rid), RUN_KEY)
+            raw = await pipe.execute()
+        out: dict[str, str | None] = {}
+        for rid, text in zip(run_ids, raw, strict=True):
+            rec = None if text is None else decode_value(text)
+            out[rid] = str(rec.get("status")) if isinstance(rec, dict) else None
+        return out
+
+    async def listen_final(
+        self, subscribed: Callable[[], None], notify: Callable[[str], None]
     ) -> None:
-        """Return once ``run_id`` is final, without busy polling: subscribe to its channel,
-        then check ``is_final`` (so a publish between check and wait is never missed), then
-        wait for the message; ``is_final`` is re-checked every ``recheck_every`` s in case a
-        message was lost with a connection. TimeoutError after ``timeout`` s."""
-        if self._watcher is None:
-            self._watcher = _FinalWatcher(self.client, self.layout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async with self._watcher.watch(run_id) as ev:
-            while not await is_final():
-                wait = recheck_every
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"run {run_id!r} not final after {timeout} s")
-                    wait = min(wait, left)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), wait)
-
-    async def aclose(self) -> None:
-        """Stop the notification listener (the client is closed by its owner)."""
-        if self._watcher is not None:
-            await self._watcher.aclose()
-            self._watcher = None
-
-
-class _FinalWatcher(FinalResultWatcher):
-    """One pattern subscription per store, fanned out to the runs being waited for."""
-
-    def __init__(self, client: aioredis.Redis, layout: RedisKeyLayout) -> None:
-        super().__init__()
-        self._client = client
-        self._layout = layout
-
-    async def listen(self, ready: asyncio.Event) -> None:
-        """See :meth:`FinalResultWatcher.listen`."""
-        prefix_len = len(self._layout.final_channel(""))
-        pubsub = self._client.pubsub()
+        """A :data:`~flowcraft.distributed.results.Listener`: one pattern subscription to the
+        final-result channels of the deployment, calling ``notify`` per announced run."""
+        prefix_len = len(self.layout.final_channel(""))
+        pubsub = self.client.pubsub()
         try:
-            await pubsub.psubscribe(self._layout.final_channel("*"))
-            ready.set()
+            await pubsub.psubscribe(self.layout.final_channel("*"))
+            subscribed()
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                 if msg is None or msg.get("type") != "pmessage":
                     continue
                 ch = msg["channel"]
                 ch = ch.decode("utf-8") if isinstance(ch, bytes) else str(ch)
-                self.notify(ch[prefix_len:])
+                notify(ch[prefix_len:])
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def final_source(self) -> PushSource:
+        """Waiting for runs of this store to become final: :meth:`listen_final` announces,
+        :meth:`run_statuses` checks (see :mod:`flowcraft.distributed.results`)."""
+        if self._final is None:
+            self._final = PushSource(self.run_statuses, self.listen_final, recheck_every=2.0)
+        return self._final
+
+    async def aclose(self) -> None:
+        """Stop the notification listener (the client is closed by its owner)."""
+        if self._final is not None:
+            await self._final.aclose()
 
 
 __all__ = [
