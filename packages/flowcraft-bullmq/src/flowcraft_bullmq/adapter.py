@@ -53,10 +53,9 @@ from flowcraft.distributed import (
     SimulatedCrash,
     parse_url,
 )
-from flowcraft.distributed.statekeys import RUN_KEY
+from flowcraft.distributed.results import PushSource
 from flowcraft.executor import retry_delay
 from flowcraft.redis import RedisRunContext, RedisStateStore, RedisStoreStats, connect
-from flowcraft.state import FINAL_STATUSES
 
 BACKOFF_STRATEGY: Final = "flowcraft"
 """BullMQ backoff type computed by Flowcraft's own retry policy (used when a node's jitter or
@@ -239,16 +238,9 @@ class BullMQAdapter(BaseDistributedAdapter):
         the result itself is the run's hash, readable until its retention ends)."""
         await self.store.publish_final(run_id, str(result.get("status")))
 
-    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
-        """Wait for the run's final-result notification (no busy polling)."""
-
-        async def is_final() -> bool:
-            rec = await (await self.create_context(run_id)).get(RUN_KEY)
-            if not isinstance(rec, Mapping):
-                raise KeyError(f"no run {run_id!r}")
-            return rec.get("status") in FINAL_STATUSES
-
-        await self.store.wait_final(run_id, is_final, timeout)
+    def final_source(self) -> PushSource:
+        """See BaseDistributedAdapter: the store's pub/sub announcements (no busy polling)."""
+        return self.store.final_source()
 
     async def list_active_runs(
         self, cursor: str | None = None, limit: int = 100
