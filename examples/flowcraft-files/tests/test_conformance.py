@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from flowcraft.testing.conformance import AdapterConformanceSuite
-from flowcraft_files import FileQueue, FilesAdapter
+from flowcraft_files import FileQueue, FilesAdapter, layout
 
 
 class TestFilesConformance(AdapterConformanceSuite):
@@ -17,8 +17,8 @@ class TestFilesConformance(AdapterConformanceSuite):
 
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Path:
-        """The test's backend directory."""
-        return tmp_path / "backend"
+        """The test's backend directory (the adapters share it, as worker processes would)."""
+        return layout(tmp_path / "backend")
 
     async def make_worker(
         self, backend: Path, runtime_options: dict[str, Any], **adapter_kwargs: Any

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .adapter import FilesAdapter, from_url
 from .queue import FileQueue
-from .store import FileCoordinationStore, FileRunContext
+from .store import FileCoordinationStore, FileRunContext, layout
 
 __version__ = "0.1.0"
 
@@ -16,4 +16,5 @@ __all__ = [
     "FilesAdapter",
     "__version__",
     "from_url",
+    "layout",
 ]

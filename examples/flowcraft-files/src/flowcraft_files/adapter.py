@@ -20,7 +20,14 @@ from flowcraft.distributed import (
 )
 
 from .queue import FileQueue
-from .store import FileCoordinationStore, FileRunContext, active_runs, run_path, write_atomic
+from .store import (
+    FileCoordinationStore,
+    FileRunContext,
+    active_runs,
+    layout,
+    run_path,
+    write_atomic,
+)
 
 
 class FilesAdapter(BaseDistributedAdapter):
@@ -43,9 +50,7 @@ class FilesAdapter(BaseDistributedAdapter):
         poll_interval: tuple[float, float] = (0.005, 0.1),
         **kwargs: Any,
     ) -> None:
-        self.root = Path(root)
-        for sub in ("queue", "dead", "runs", "coord", "results", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.root = layout(root)
         self.queue = FileQueue(self.root, visibility_timeout)
         kwargs.setdefault("coordination_store", FileCoordinationStore(self.root))
         super().__init__(**kwargs)

@@ -27,6 +27,14 @@ FINAL = frozenset({"completed", "failed", "stalled", "cancelled"})
 """Run statuses after which nothing changes."""
 
 
+def layout(root: str | Path) -> Path:
+    """Create the backend directory's subdirectories (if missing); returns it as a Path."""
+    path = Path(root)
+    for sub in ("queue", "dead", "runs", "coord", "results", "tmp"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_atomic(root: Path, path: Path, data: str | bytes) -> None:
     """Replace ``path`` with ``data`` in one step (a file under ``root/tmp``, then rename)."""
     tmp = root / "tmp" / uuid.uuid4().hex
@@ -100,10 +108,6 @@ class FileRunContext:
         self._root = root
         self._run_id = run_id
 
-    async def _data(self) -> dict[str, str]:
-        data: dict[str, str] = (await asyncio.to_thread(read_run, self._root, self._run_id))["data"]
-        return data
-
     async def _commit(
         self, ops: Iterable[PatchOperation], expected: int | None, status: str | None = None
     ) -> bool:
@@ -126,8 +130,7 @@ class FileRunContext:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """See AsyncContext."""
-        data = await self._data()
-        return decode_value(data[key]) if key in data else default
+        return (await self.load()).data.get(key, default)  # a stored None is a value
 
     async def set(self, key: str, value: Any) -> None:
         """See AsyncContext."""
@@ -135,7 +138,7 @@ class FileRunContext:
 
     async def has(self, key: str) -> bool:
         """See AsyncContext."""
-        return key in await self._data()
+        return key in (await self.load()).data
 
     async def delete(self, key: str) -> bool:
         """See AsyncContext."""
