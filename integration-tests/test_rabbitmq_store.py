@@ -3,7 +3,7 @@ NUL characters, version and final-status compare-and-set, paged "running and sta
 migrations) and the queue mechanics (delay queues, poison messages, delivery hand-off for
 long nodes, reconcile_all, waiting without polling).
 
-Uses the ``rabbit`` fixture of ``test_rabbitmq_conformance.py`` (one queue / schema / key
+Uses the ``rabbit`` fixture of ``rabbitmq_support`` (one queue / schema / key
 prefix per test).
 """
 
@@ -20,7 +20,7 @@ from flowcraft.testing.conformance import Cluster, FaultInjector, until
 from flowcraft.testing.conformance import scenarios as sc
 from flowcraft_rabbitmq import SCHEMA_VERSION, PostgresRunStore, RabbitMQAdapter
 from psycopg import sql
-from test_rabbitmq_conformance import RabbitBackend, rabbit
+from rabbitmq_support import RabbitBackend, rabbit
 
 __all__ = ["rabbit"]  # the fixture, imported for pytest
 
