@@ -206,6 +206,42 @@ async def test_unparseable_job_is_failed_without_retry(env: Env) -> None:
     assert [d for d, _ in w.dead_lettered] == ["{not json"]
 
 
+async def test_a_failure_outside_the_node_is_redelivered_without_spending_an_attempt(
+    env: Env,
+) -> None:
+    """Handling that fails once (a store outage) puts the job in BullMQ's delayed set for the
+    delivery policy's backoff; the next delivery runs the node, as attempt 1."""
+    w = env.worker()
+    failures: list[str] = []
+
+    def outage(point: str, job: JobPayload | None) -> None:
+        if point == "after_receive" and job is not None and job.node_id == "a" and not failures:
+            failures.append(job.node_id)
+            raise ConnectionError("store down")
+
+    w.fault_hook = outage
+    c = env.adapter()
+    rid = await c.start_run("chain")
+    res = await c.result(rid, 10)
+    assert (res.status, res.outputs) == ("completed", {"a": 1, "b": 2, "c": 3})
+    assert env.calls == [("a", 1), ("b", 1), ("c", 1)]
+    jid = job_id_for(JobPayload(run_id=rid, blueprint_id="chain", node_id="a"))
+    await wait_for(lambda: _state(c, jid, "completed"), "the BullMQ job to complete", timeout=5)
+    bjob = await c.queue.getJob(jid)
+    assert (bjob.attemptsStarted, bjob.attemptsMade) == (2, 1)  # the completion counts one
+    events = await c.redis.xrange(f"{env.prefix}:q:events")
+    kinds = [f[b"event"] for _, f in events if f.get(b"jobId", b"").decode() == jid]
+    assert kinds == [
+        b"added",
+        b"waiting",
+        b"active",
+        b"delayed",
+        b"waiting",
+        b"active",
+        b"completed",
+    ]
+
+
 async def _failed(a: BullMQAdapter, jid: str) -> bool:
     j = await a.queue.getJob(jid)
     return j is not None and bool(await j.isFailed())

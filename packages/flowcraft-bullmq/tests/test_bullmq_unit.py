@@ -70,6 +70,13 @@ def test_from_url_takes_adapter_options_from_the_query() -> None:
     assert (b.url, b.queue_name, b.concurrency) == ("rediss://user:pw@h:6380/0", "kw", 2)
 
 
+def test_from_url_refuses_other_schemes_and_bad_options() -> None:
+    with pytest.raises(ValueError, match=r"expected one of bullmq://, redis://, rediss://"):
+        from_url("amqp://h:5672/")
+    with pytest.raises(ValueError, match=r"option concurrency='many' is not a valid int"):
+        from_url("redis://h:6379/0?concurrency=many")
+
+
 def test_backend_urls_open_a_bullmq_adapter_through_the_entry_point() -> None:
     for url in ("redis://127.0.0.1:1/0", "bullmq://127.0.0.1:1/0?queue=x"):
         a = open_adapter(url, concurrency=5)
