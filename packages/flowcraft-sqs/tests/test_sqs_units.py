@@ -14,7 +14,6 @@ from flowcraft_sqs import (
     delay_seconds,
     from_url,
     message_delivery,
-    record_delivery,
 )
 from flowcraft_sqs.adapter import (
     MAX_ATTEMPTS_ATTRIBUTE,
@@ -85,7 +84,7 @@ def test_delivery_from_receive_and_from_lambda_record() -> None:
         "attributes": {"ApproximateReceiveCount": "3"},
         "messageAttributes": {RETRY_ATTRIBUTE: {"stringValue": "native", "dataType": "String"}},
     }
-    for d, lam in ((message_delivery(m), False), (record_delivery(r), True)):
+    for d, lam in ((message_delivery(m), False), (message_delivery(r, lambda_record=True), True)):
         assert (d.body, d.deliveries, d.attributes) == ("{}", 3, {RETRY_ATTRIBUTE: "native"})
         assert isinstance(d.message, SqsMessage)
         assert (d.message.message_id, d.message.receipt_handle) == ("id", "rh")

@@ -17,7 +17,6 @@ from .adapter import (
     delete_queues,
     from_url,
     message_delivery,
-    record_delivery,
 )
 from .aws import ApiStats, AwsClients, AwsConfig
 from .dynamodb import (
@@ -52,5 +51,4 @@ __all__ = [
     "delete_table",
     "from_url",
     "message_delivery",
-    "record_delivery",
 ]

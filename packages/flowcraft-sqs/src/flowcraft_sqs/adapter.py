@@ -71,7 +71,6 @@ __all__ = [
     "from_url",
     "message_delivery",
     "native_attempt",
-    "record_delivery",
     "visibility_seconds",
 ]
 
@@ -102,48 +101,28 @@ class SqsMessage:
     """When its visibility was last set (monotonic clock)."""
 
 
-def _delivery(
-    message_id: str,
-    receipt_handle: str,
-    body: str,
-    receive_count: int,
-    attributes: dict[str, str],
-    event_source: bool,
-) -> Delivery:
+def message_delivery(m: Mapping[str, Any], *, lambda_record: bool = False) -> Delivery:
+    """A delivery from a ``ReceiveMessage`` result entry or, with ``lambda_record``, from a
+    record of a Lambda SQS event (the same fields in camelCase): the receive count as
+    ``deliveries``, string message attributes, and an :class:`SqsMessage` handle."""
+
+    def k(name: str) -> str:
+        return name[0].lower() + name[1:] if lambda_record else name
+
+    attrs = {
+        n: str(v[k("StringValue")])
+        for n, v in (m.get(k("MessageAttributes")) or {}).items()
+        if v.get(k("StringValue")) is not None
+    }
+    rc = int((m.get(k("Attributes")) or {}).get("ApproximateReceiveCount", "1"))
     native = 0
-    if attributes.get(RETRY_ATTRIBUTE) == "native":
+    if attrs.get(RETRY_ATTRIBUTE) == "native":
         # Node attempts the queue redelivered on purpose: not counted against the delivery cap.
-        native = max(0, min(receive_count - 1, (_max_attempts(attributes) or 1) - 1))
+        native = max(0, min(rc - 1, (_max_attempts(attrs) or 1) - 1))
+    handle = SqsMessage(m[k("MessageId")], m[k("ReceiptHandle")], lambda_record)
     return Delivery(
-        body,
-        SqsMessage(message_id, receipt_handle, event_source),
-        deliveries=receive_count,
-        native_attempts=native,
-        attributes=attributes,
+        m.get(k("Body"), ""), handle, deliveries=rc, native_attempts=native, attributes=attrs
     )
-
-
-def message_delivery(m: Mapping[str, Any]) -> Delivery:
-    """A delivery from a ``ReceiveMessage`` result entry (receive count and string message
-    attributes included)."""
-    attrs = {
-        k: str(v.get("StringValue"))
-        for k, v in (m.get("MessageAttributes") or {}).items()
-        if "StringValue" in v
-    }
-    rc = int((m.get("Attributes") or {}).get("ApproximateReceiveCount", "1"))
-    return _delivery(m["MessageId"], m["ReceiptHandle"], m.get("Body", ""), rc, attrs, False)
-
-
-def record_delivery(r: Mapping[str, Any]) -> Delivery:
-    """A delivery from a record of a Lambda SQS event (camelCase keys)."""
-    attrs = {
-        k: str(v.get("stringValue"))
-        for k, v in (r.get("messageAttributes") or {}).items()
-        if v.get("stringValue") is not None
-    }
-    rc = int((r.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
-    return _delivery(r["messageId"], r["receiptHandle"], r.get("body", ""), rc, attrs, True)
 
 
 def _native(delivery: Delivery) -> bool:
@@ -176,12 +155,6 @@ def _carried(delivery: Delivery) -> Mapping[str, Any] | None:
     if not _native(delivery):
         return None
     return {"native": True, "maxAttempts": _max_attempts(delivery.attributes) or 1}
-
-
-def _text(body: str | bytes | dict[str, Any]) -> str:
-    if isinstance(body, bytes):
-        return body.decode("utf-8", "replace")
-    return body if isinstance(body, str) else str(body)
 
 
 def _dead_letter_entry(body: str, reason: str, message_id: str) -> dict[str, Any]:
@@ -579,7 +552,7 @@ class SqsAdapter(BaseDistributedAdapter):
         is no DLQ it is only recorded in :attr:`dead_lettered`), then delete it."""
         m = delivery.message
         assert isinstance(m, SqsMessage)
-        body = _text(delivery.body)
+        body = delivery.body if isinstance(delivery.body, str) else str(delivery.body)
         self.dead_lettered.append((body, reason))
         if self.dead_letter_queue is not None:
             await self.aws.sqs(

@@ -47,7 +47,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .adapter import SqsAdapter, SqsMessage, record_delivery
+from .adapter import SqsAdapter, SqsMessage, message_delivery
 
 log = logging.getLogger("flowcraft.sqs.lambda")
 
@@ -80,7 +80,7 @@ class SqsLambdaHandler:
 
     async def handle_record(self, record: Mapping[str, Any]) -> bool:
         """Handle one SQS record; True when it may be deleted (a success for Lambda)."""
-        d = record_delivery(record)
+        d = message_delivery(record, lambda_record=True)
         await self.adapter.process_delivery(d)
         assert isinstance(d.message, SqsMessage)
         return d.message.acked
