@@ -1,4 +1,5 @@
-"""``files://`` URLs: ``from_url`` and the ``flowcraft.backends`` entry point."""
+"""The adapter itself: ``files://`` URLs (``from_url``, the ``flowcraft.backends`` entry point)
+and the list of runs that are not final."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from flowcraft import PatchOperation
 from flowcraft.distributed import open_adapter
 from flowcraft_files import FilesAdapter, from_url
 
@@ -48,3 +50,14 @@ def test_the_files_scheme_is_an_entry_point(tmp_path: Path) -> None:
     adapter = open_adapter(f"files://{tmp_path}/q?concurrency=2")
     assert type(adapter) is FilesAdapter
     assert (adapter.root, adapter.concurrency) == (tmp_path / "q", 2)
+
+
+async def test_list_active_runs_pages_through_runs_that_are_not_final(tmp_path: Path) -> None:
+    """Runs are listed in id order, final ones left out, ``limit`` per page with a cursor."""
+    adapter = FilesAdapter(tmp_path)
+    for run_id, status in [("c", "running"), ("a", "awaiting"), ("x", "completed"), ("b", None)]:
+        ctx = await adapter.create_context(run_id)
+        assert await ctx.commit([PatchOperation("set", "k", 1)], 0, status=status)
+    assert await adapter.list_active_runs(limit=2) == (["a", "b"], "b")
+    assert await adapter.list_active_runs("b", limit=2) == (["c"], None)
+    assert await adapter.list_active_runs(limit=3) == (["a", "b", "c"], None)
