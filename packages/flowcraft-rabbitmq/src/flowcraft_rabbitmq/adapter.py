@@ -70,8 +70,8 @@ from flowcraft.distributed.contracts import (
     JobPayload,
     SimulatedCrash,
 )
+from flowcraft.distributed.results import PushSource
 from flowcraft.redis import RedisCoordinationStore, RedisKeyLayout, connect
-from flowcraft.state import FINAL_STATUSES
 
 from .postgres import PostgresRunContext, PostgresRunStore, PostgresStoreStats
 
@@ -344,17 +344,9 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         """Store the result in the run's row and NOTIFY waiting clients."""
         await (await self._ready_store()).put_result(run_id, result)
 
-    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
-        """Wait for the run's final NOTIFY (LISTEN, no busy polling)."""
-        store = await self._ready_store()
-
-        async def is_final() -> bool:
-            st = await store.run_status(run_id)
-            if st is None:
-                raise KeyError(f"no run {run_id!r}")
-            return st in FINAL_STATUSES
-
-        await store.wait_final(run_id, is_final, timeout)
+    def final_source(self) -> PushSource:
+        """See BaseDistributedAdapter: the store's NOTIFY announcements (no busy polling)."""
+        return self.store.final_source()
 
     async def list_active_runs(
         self, cursor: str | None = None, limit: int = 100, *, stale_after: float | None = None

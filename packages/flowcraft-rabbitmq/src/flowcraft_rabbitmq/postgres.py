@@ -9,6 +9,7 @@ Layout (schema ``flowcraft`` by default, created by :meth:`PostgresRunStore.migr
     runs (run_id TEXT PK, version BIGINT, status TEXT, blueprint_id TEXT,
           created_at, updated_at, finished_at TIMESTAMPTZ, result TEXT, published_at)
         partial index runs_active (updated_at, run_id) WHERE status is not final
+        (blueprint_id is no longer written: the store never decodes the engine's keys)
     ctx  (run_id TEXT, key TEXT, value TEXT, PRIMARY KEY (run_id, key))
     meta (key TEXT PK, value TEXT)                         -- schema_version
 
@@ -23,9 +24,10 @@ without NUL characters.
 A commit (:meth:`PostgresRunStore.commit`) is ONE statement: a data-modifying CTE bumps the
 run's version only if it still equals the expected one (``UPDATE runs SET version = version + 1
 WHERE run_id = $1 AND version = $2``), and the key upserts and deletes join on that CTE, so
-they happen only when the version check passed. The status column moves with the ``_fc.run``
-record, and a final status (``completed``/``failed``/``stalled``/``cancelled``) is never
-replaced by another status (compare-and-set: a late duplicate never revives a finished run).
+they happen only when the version check passed. The status column is the run's status the
+engine passes with each commit (never read from its keys), and a final status
+(``completed``/``failed``/``stalled``/``cancelled``) is never replaced by another status
+(compare-and-set: a late duplicate never revives a finished run).
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, LiteralString
@@ -45,8 +46,7 @@ import psycopg
 from flowcraft.context import PatchOperation
 from flowcraft.distributed.codec import decode_value, encode_value
 from flowcraft.distributed.contracts import Snapshot
-from flowcraft.distributed.notify import FinalResultWatcher
-from flowcraft.distributed.statekeys import RUN_KEY
+from flowcraft.distributed.results import PushSource, one_by_one
 from flowcraft.state import FINAL_STATUSES
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -111,17 +111,6 @@ class PostgresStoreStats:
     commits: int = 0
     bytes_written: int = 0
     statements: int = 0
-
-
-def _status_of(ops: Sequence[PatchOperation]) -> tuple[str | None, str | None]:
-    """``(status, blueprint id)`` from the last ``_fc.run`` write among ``ops``."""
-    for op in reversed(ops):
-        if op.key == RUN_KEY:
-            if op.op == "set" and isinstance(op.value, Mapping):
-                bp = op.value.get("blueprintId")
-                return str(op.value.get("status", "running")), None if bp is None else str(bp)
-            return None, None
-    return None, None
 
 
 class PostgresRunStore:
@@ -199,8 +188,7 @@ class PostgresRunStore:
         )
         self._sql_commit = q(
             "WITH v AS (UPDATE {runs} SET version = version + 1, "
-            "status = COALESCE(%(status)s::text, status), "
-            "blueprint_id = COALESCE(%(bp)s::text, blueprint_id), updated_at = now(), "
+            "status = COALESCE(%(status)s::text, status), updated_at = now(), "
             "finished_at = CASE WHEN %(final)s::boolean THEN COALESCE(finished_at, now()) "
             "ELSE finished_at END "
             "WHERE run_id = %(run)s AND version = %(expected)s AND "
@@ -209,18 +197,17 @@ class PostgresRunStore:
             + writes
         )
         self._sql_create = q(
-            "WITH v AS (INSERT INTO {runs} (run_id, version, status, blueprint_id, finished_at) "
-            "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), %(bp)s::text, "
+            "WITH v AS (INSERT INTO {runs} (run_id, version, status, finished_at) "
+            "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
             "CASE WHEN %(final)s::boolean THEN now() END) "
             "ON CONFLICT (run_id) DO NOTHING RETURNING run_id)" + writes
         )
         self._sql_upsert = q(
-            "WITH v AS (INSERT INTO {runs} AS r (run_id, version, status, blueprint_id, "
-            "finished_at) VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
-            "%(bp)s::text, CASE WHEN %(final)s::boolean THEN now() END) "
+            "WITH v AS (INSERT INTO {runs} AS r (run_id, version, status, finished_at) "
+            "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
+            "CASE WHEN %(final)s::boolean THEN now() END) "
             "ON CONFLICT (run_id) DO UPDATE SET version = r.version + 1, "
-            "status = COALESCE(%(status)s::text, r.status), "
-            "blueprint_id = COALESCE(%(bp)s::text, r.blueprint_id), updated_at = now(), "
+            "status = COALESCE(%(status)s::text, r.status), updated_at = now(), "
             "finished_at = CASE WHEN %(final)s::boolean THEN COALESCE(r.finished_at, now()) "
             "ELSE r.finished_at END WHERE "
             + keep_final.replace("{t}", "r")
@@ -249,7 +236,7 @@ class PostgresRunStore:
             "c AS (DELETE FROM {ctx} USING gone WHERE {ctx}.run_id = gone.run_id RETURNING 1) "
             "SELECT count(*) FROM gone"
         )
-        self._watcher: _FinalWatcher | None = None
+        self._final: PushSource | None = None
 
     def _q(self, template: LiteralString) -> sql.Composed:
         """``template`` with the deployment's identifiers filled in (identifiers only)."""
@@ -273,9 +260,8 @@ class PostgresRunStore:
 
     async def aclose(self) -> None:
         """Stop the final-run listener and close the pool if this store created it."""
-        if self._watcher is not None:
-            await self._watcher.aclose()
-            self._watcher = None
+        if self._final is not None:
+            await self._final.aclose()
         if self._own_pool and self._opened:
             await self._pool.close()
             self._opened = False
@@ -365,10 +351,15 @@ class PostgresRunStore:
         return (True, decode_value(rows[0][0])) if rows else (False, None)
 
     async def commit(
-        self, run_id: str, ops: Sequence[PatchOperation], expected: int | None
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int | None,
+        status: str | None = None,
     ) -> bool:
         """Apply ``ops`` in one statement; with ``expected`` only if the run's version still
-        equals it (0: only if the run does not exist yet). True when applied."""
+        equals it (0: only if the run does not exist yet). ``status`` (None: unchanged)
+        becomes the run's indexed status. True when applied."""
         last: dict[str, PatchOperation] = {}
         for op in ops:  # the last operation on a key wins, as if applied in order
             last.pop(op.key, None)
@@ -385,12 +376,10 @@ class PostgresRunStore:
                 written += len(op.key.encode("utf-8")) + len(text.encode("utf-8"))
             else:
                 dels.append(encode_key(op.key))
-        status, bp = _status_of(ops)
         params = {
             "run": run_id,
             "expected": expected,
             "status": status,
-            "bp": bp,
             "final": status in FINAL_STATUSES,
             "keys": keys,
             "vals": vals,
@@ -473,57 +462,36 @@ class PostgresRunStore:
 
     # -- waiting for final runs ------------------------------------------------------------------
 
-    async def wait_final(
-        self,
-        run_id: str,
-        is_final: Callable[[], Awaitable[bool]],
-        timeout: float | None,
-        *,
-        recheck_every: float = 1.0,
+    async def listen_final(
+        self, subscribed: Callable[[], None], notify: Callable[[str], None]
     ) -> None:
-        """Return once ``run_id`` is final, without busy polling: LISTEN on the schema's
-        channel first, then check ``is_final`` (so a NOTIFY in between is never missed), then
-        wait for the notification; ``is_final`` is re-checked every ``recheck_every`` s in case
-        a notification was lost with a connection. TimeoutError after ``timeout`` s."""
-        if self._watcher is None:
-            if not self.conninfo:
-                raise RuntimeError("waiting needs a conninfo (LISTEN uses its own connection)")
-            self._watcher = _FinalWatcher(self.conninfo, self.channel)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async with self._watcher.watch(run_id) as ev:
-            while not await is_final():
-                wait = recheck_every
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"run {run_id!r} not final after {timeout} s")
-                    wait = min(wait, left)
-                ev.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ev.wait(), wait)
-
-
-class _FinalWatcher(FinalResultWatcher):
-    """One LISTEN connection per store, fanned out to the runs being waited for."""
-
-    ready_timeout = 30.0
-
-    def __init__(self, conninfo: str, channel: str) -> None:
-        super().__init__()
-        self._conninfo = conninfo
-        self._channel = channel
-
-    async def listen(self, ready: asyncio.Event) -> None:
-        """See :meth:`FinalResultWatcher.listen`."""
-        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        """A :data:`~flowcraft.distributed.results.Listener`: ``LISTEN`` on the schema's
+        channel on a connection of its own, calling ``notify`` per NOTIFY (the run id)."""
+        if not self.conninfo:
+            raise RuntimeError("LISTEN needs a conninfo")
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            ready.set()
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            subscribed()
             async for note in conn.notifies():
-                self.notify(note.payload)
+                notify(note.payload)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+    def final_source(self) -> PushSource:
+        """Waiting for runs of this store to become final: :meth:`listen_final` announces,
+        :meth:`run_status` checks (see :mod:`flowcraft.distributed.results`)."""
+        if not self.conninfo:
+            raise RuntimeError("waiting needs a conninfo (LISTEN uses its own connection)")
+        if self._final is None:
+            self._final = PushSource(
+                one_by_one(self.run_status),
+                self.listen_final,
+                recheck_every=1.0,
+                ready_timeout=30.0,
+            )
+        return self._final
 
 
 class _RunGate:
@@ -591,10 +559,16 @@ class PostgresRunContext:
             await self._enter_gate()
         return await self._store.load(self.run_id)
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
-        """See DistributedContext (one statement with the version check)."""
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
+        """See DistributedContext (one statement with the version check; ``status`` is the
+        run's status after the commit, None: unchanged)."""
         try:
-            ok = await self._store.commit(self.run_id, ops, expected_version)
+            ok = await self._store.commit(self.run_id, ops, expected_version, status)
         finally:
             self._leave_gate()
         self._conflicts = 0 if ok else self._conflicts + 1
