@@ -53,7 +53,7 @@ from flowcraft.distributed import (
     PollingConsumer,
     parse_url,
 )
-from flowcraft.state import FINAL_STATUSES
+from flowcraft.distributed.results import FinalSource, PullSource
 
 from .aws import ApiStats, AwsClients, AwsConfig, error_code
 from .dynamodb import MAX_VALUE_BYTES, DynamoCoordinationStore, DynamoRunContext, DynamoRunStore
@@ -267,9 +267,8 @@ class SqsAdapter(BaseDistributedAdapter):
         self._keeper: asyncio.Task[None] | None = None
         self._keeper_users = 0
         self.max_status_poll = 0.5
-        """Longest pause (seconds) between two status polls of :meth:`wait_for_final`."""
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._watcher: asyncio.Task[None] | None = None
+        """Longest pause (seconds) between two status polls of :meth:`wait_for_final` (read
+        when the first wait starts)."""
         self.dead_lettered: list[tuple[str, str]] = []
         """``(body, reason)`` of every message this adapter dead-lettered."""
 
@@ -325,49 +324,18 @@ class SqsAdapter(BaseDistributedAdapter):
         if self.on_result is not None:
             await self.on_result(run_id, result)
 
-    async def wait_for_final(self, run_id: str, timeout: float | None) -> None:
-        """Wait until the run is final. All the runs this adapter waits for share one poller
-        that reads their statuses with one ``BatchGetItem`` per 100 runs, backing off from
-        20 ms to ``max_status_poll`` seconds while nothing changes (DynamoDB has no change
-        notification a client could wait on without Streams)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(fut)
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.create_task(self._watch())
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            raise TimeoutError(f"run {run_id!r} not final after {timeout} s") from None
-        finally:
-            waiting = self._waiters.get(run_id)
-            if waiting is not None and fut in waiting:
-                waiting.remove(fut)
-                if not waiting:
-                    del self._waiters[run_id]
-
-    async def _watch(self) -> None:
-        delay = 0.02
-        while self._waiters:
-            changed = False
-            ids = list(self._waiters)
-            for i in range(0, len(ids), 100):
-                try:
-                    statuses = await self.store.run_statuses(ids[i : i + 100])
-                except Exception as exc:
-                    log.warning("polling run statuses failed: %s", exc)
-                    continue
-                for rid, st in statuses.items():
-                    if st is not None and st not in FINAL_STATUSES:
-                        continue
-                    changed = True
-                    for fut in self._waiters.pop(rid, []):
-                        if not fut.done():
-                            if st is None:
-                                fut.set_exception(KeyError(f"no run {rid!r}"))
-                            else:
-                                fut.set_result(None)
-            delay = 0.02 if changed else min(delay * 1.5, self.max_status_poll)
-            await asyncio.sleep(delay)
+    def final_source(self) -> FinalSource:
+        """See BaseDistributedAdapter: one poller reads the statuses of all the runs this
+        adapter waits for, one ``BatchGetItem`` per 100 runs, backing off from 20 ms to
+        ``max_status_poll`` seconds while nothing ends (DynamoDB has no change notification a
+        client could wait on without Streams)."""
+        src: FinalSource | None = getattr(self, "_final_source", None)
+        if src is None:
+            src = PullSource(
+                self.store.run_statuses, min_delay=0.02, max_delay=self.max_status_poll
+            )
+            self._final_source = src
+        return src
 
     async def list_active_runs(
         self, cursor: str | None = None, limit: int = 100
@@ -621,10 +589,7 @@ class SqsAdapter(BaseDistributedAdapter):
     async def aclose(self) -> None:
         """Stop and close the AWS clients (unless they were passed in)."""
         await self.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self.final_source().aclose()
         if self._owns_aws:
             await self.aws.aclose()
 
