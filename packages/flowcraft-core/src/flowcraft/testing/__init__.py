@@ -7,6 +7,10 @@
   whose ``.trace`` is the recorder.
 * :class:`Stepper`: execute a run one node at a time (``await stepper.next()``), step back
   (``await stepper.prev()``), start over (``stepper.reset()``).
+
+Submodules for backend authors: :mod:`.conformance` (the adapter conformance suite and the
+store suites; needs the ``testing`` extra), :mod:`.services` (backing servers for tests) and
+:mod:`.plugin` (the pytest plugin: run-view check, service fixtures).
 """
 
 from __future__ import annotations
