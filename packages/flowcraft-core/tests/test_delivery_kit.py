@@ -134,3 +134,51 @@ def test_backoff_policy() -> None:
     p = DeliveryPolicy(backoff=0.05, max_backoff=30.0)
     assert [p.redelivery_delay(n) for n in (1, 2, 3, 4)] == [0.05, 0.1, 0.2, 0.4]
     assert p.redelivery_delay(10_000) == 30.0
+
+
+def test_lease_keys_escape_every_id_component() -> None:
+    from flowcraft.distributed.leases import lease_key
+
+    assert lease_key("a:b", "c", 0) != lease_key("a", "b:c", 0)
+    assert lease_key("a%3Ab", "c", 0) != lease_key("a:b", "c", 0)
+    assert lease_key("r", "n[1]", 2) == "flowcraft:lease:r:n[1]:2"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ({1, 2}, "unsupported type set"),
+        (complex(0, 2), "unsupported type complex"),
+        (float("nan"), "k"),
+        (float("inf"), "k"),
+        ("bad\ud800", "lone surrogate"),
+        ({"deep": ["ok", "x\udfff"]}, "lone surrogate"),
+    ],
+)
+def test_unstorable_values_name_their_key(value: Any, why: str) -> None:
+    from flowcraft.distributed.codec import UnstorableValueError, encode_value
+
+    with pytest.raises(UnstorableValueError) as info:
+        encode_value("k", value)
+    assert info.value.key == "k"
+    assert why in str(info.value)
+
+
+def test_unstorable_keys() -> None:
+    from flowcraft.distributed.codec import UnstorableValueError, encode_value
+
+    with pytest.raises(UnstorableValueError, match="lone surrogate"):
+        encode_value("k\ud800", 1)
+    assert encode_value("ключ.ü/~", "ü") == '"ü"'
+
+
+def test_job_node_ids_of_batch_items() -> None:
+    from flowcraft.distributed.worker import _split_job_node
+
+    nodes = {"scatter": 1, "retry[2]": 1, "retry": 1}
+    assert _split_job_node("scatter[3]", nodes) == ("scatter", 3)
+    assert _split_job_node("retry[2]", nodes) == ("retry[2]", -1)  # a node of that name
+    assert _split_job_node("retry[3]", nodes) == ("retry", 3)
+    assert _split_job_node("scatter[\u00b2]", nodes) == ("scatter[\u00b2]", -1)
+    assert _split_job_node("scatter[" + "9" * 5000 + "]", nodes)[1] == -1
+    assert _split_job_node("ghost[1]", nodes) == ("ghost[1]", -1)

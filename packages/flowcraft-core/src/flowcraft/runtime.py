@@ -48,7 +48,14 @@ from .middleware import compose
 from .nodes import NodeContext, NodeImplementation, NodeResult, coerce_result, is_node_class
 from .plan import Plan, get_plan
 from .serializer import JsonSerializer, Serializer
-from .state import DONE_NODE_STATUSES, NodeStatus, RunState, WorkflowStatus, output_key
+from .state import (
+    DONE_NODE_STATUSES,
+    ENGINE_PREFIX,
+    NodeStatus,
+    RunState,
+    WorkflowStatus,
+    output_key,
+)
 from .step import AWAIT as _AWAIT
 from .step import ERR as _ERR
 from .step import OK as _OK
@@ -662,6 +669,11 @@ class FlowRuntime:
 
             def listener(op: str, key: str, value: Any) -> None:
                 if deltas is not None:
+                    if key.startswith(ENGINE_PREFIX):
+                        raise ValueError(
+                            f"context key {key!r} is reserved: keys starting with "
+                            f"{ENGINE_PREFIX!r} hold the engine's run state; rename it"
+                        )
                     deltas.pop(key, None)
                     deltas[key] = (
                         PatchOperation("set", key, value)

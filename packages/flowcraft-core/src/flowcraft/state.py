@@ -35,6 +35,10 @@ DONE_NODE_STATUSES: Final = frozenset({"completed", "skipped", "recovered"})
 
 OUTPUTS_PREFIX: Final = "_outputs."
 
+ENGINE_PREFIX: Final = "_fc."
+"""Context keys starting with this hold the engine's own run state in distributed runs;
+user code, blueprints and start inputs may not write them."""
+
 
 def output_key(node_id: str) -> str:
     """The context key holding a node's output (upstream's ``_outputs.<id>``)."""

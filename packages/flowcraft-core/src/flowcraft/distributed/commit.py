@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import InMemoryContext, PatchOperation, apply_ops
-from ..errors import FlowcraftError
+from ..errors import ErrorRecord, FlowcraftError
 from ..kernel import ITEM, Activation, Kernel
 from ..nodes import NodeResult
 from ..plan import Plan
 from ..state import FINAL_STATUSES, RunState
-from ..step import AWAIT, RunFrame
+from ..step import AWAIT, ERR, RunFrame
 from . import statekeys as sk
 from .base import EngineBase
+from .codec import UnstorableValueError
 from .contracts import (
     DistributedContext,
     JobPayload,
@@ -64,6 +65,7 @@ class _Pending:
         "got",
         "inline",
         "job",
+        "keys",
         "lease",
         "nxt",
         "outcome",
@@ -89,6 +91,8 @@ class _Pending:
         self.lease = lease
         self.inline = inline
         self.acts: list[Activation] = []
+        self.keys: set[str] = set()
+        """The context keys this outcome writes (to attribute a value the store refuses)."""
         self.nxt: _Next | None = None
         self.done = False
         self.committed = False
@@ -232,7 +236,20 @@ class CommitLayer(JobsLayer):
                         if e.inline and not self.stopping
                         else None
                     )
-                ok, taken, changes = await self._commit(ctx, ops, view, live, new.status)
+                try:
+                    ok, taken, changes = await self._commit(ctx, ops, view, live, new.status)
+                except UnstorableValueError as exc:
+                    # A value the store refuses fails the node that wrote it (its fallback
+                    # applies) instead of the job failing, and being redelivered, forever.
+                    culprit = next((e for e in live if self._wrote(plan, e, exc.key)), None)
+                    if culprit is None and len(live) == 1:
+                        culprit = live[0]
+                    if culprit is None:
+                        raise
+                    for e in live:
+                        e.nxt = None
+                    self._fail_entry(culprit, group, exc, run_id)
+                    continue
                 if ok:
                     if view.version == base:
                         view.adopt(base + 1, new, data, rec)
@@ -288,6 +305,7 @@ class CommitLayer(JobsLayer):
                 new, e.act, e.outcome, e.child
             ):
                 continue
+            start = len(kernel.ops)
             try:
                 if e.child:
                     new.awaiting.pop(e.act.node_id, None)
@@ -303,6 +321,20 @@ class CommitLayer(JobsLayer):
                 e.settle(error=exc)
                 group.remove(e)
                 return None
+            e.keys = {*e.deltas, *(op.key for op in kernel.ops[start:])}
+            reserved = sorted(k for k in e.keys if k.startswith(sk.PREFIX))
+            if reserved:
+                self._fail_entry(
+                    e,
+                    group,
+                    ValueError(
+                        f"context key {reserved[0]!r} is reserved: keys starting with "
+                        f"{sk.PREFIX!r} hold the engine's run state; rename it (an outputKey "
+                        "or a subflow's outputs, or a write made by the node)"
+                    ),
+                    new.execution_id,
+                )
+                return None
             activated |= bool(e.acts)
             live.append(e)
             self._settle(new, activated)  # a run that became final takes no more outcomes
@@ -311,6 +343,36 @@ class CommitLayer(JobsLayer):
         if self.verify_views:
             self._verify_ops(view, new, rec, engine)
         return new, data, rec, live, ops + kernel.ops + engine
+
+    @staticmethod
+    def _wrote(plan: Plan, e: _Pending, key: str) -> bool:
+        """Whether applying ``e`` wrote ``key``: its own writes, its node's records, or the
+        input slot of a node its outcome feeds (an edge transform's result)."""
+        if key in e.keys:
+            return True
+        node = e.act.node_id
+        if key in (sk.NODE_PREFIX + node, sk.BATCH_PREFIX + node):
+            return True
+        if key.startswith(sk.IN_PREFIX):
+            target = key[len(sk.IN_PREFIX) :]
+            return target == plan.nodes[node].config.fallback or any(
+                ed.target == target for ed in plan.out_edges[node]
+            )
+        return False
+
+    def _fail_entry(self, e: _Pending, group: list[_Pending], exc: Exception, run_id: str) -> None:
+        """Turn ``e``'s outcome into a failure of its node caused by ``exc`` (retried by the
+        caller with the group). A resume, or an outcome that is already a failure, cannot be
+        turned into one: its caller gets ``exc``."""
+        if e.outcome[0] == ERR or (e.outcome[0] == _OUTCOME_RESUME and not e.child):
+            e.settle(error=exc)
+            group.remove(e)
+            return
+        rec = ErrorRecord.from_exception(
+            exc, node_id=e.act.job_node_id, execution_id=run_id
+        ).to_wire()
+        e.outcome = (ERR, rec)
+        e.deltas = {}
 
     async def _lease_after_commit(
         self, ctx: DistributedContext, view: RunView, nxt: _Next

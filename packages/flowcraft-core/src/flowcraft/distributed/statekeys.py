@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..context import PatchOperation
-from ..state import BatchState, NodeState, RunState
+from ..state import ENGINE_PREFIX, BatchState, NodeState, RunState
 
-PREFIX: Final = "_fc."
+PREFIX: Final = ENGINE_PREFIX
 RUN_KEY: Final = "_fc.run"
 NODE_PREFIX: Final = "_fc.node."
 EDGE_PREFIX: Final = "_fc.edge."

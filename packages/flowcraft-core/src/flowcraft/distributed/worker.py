@@ -15,15 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from ..context import PatchOperation
-from ..errors import ErrorRecord, SerializationError
 from ..executor import retry_delay
 from ..kernel import NODE, Activation
 from ..nodes import NodeResult
 from ..plan import Plan
 from ..state import FINAL_STATUSES
-from ..step import ERR, OK, RunFrame
+from ..step import ERR, RunFrame
 from . import statekeys as sk
-from .codec import encode_value
 from .commit import _OUTCOME_RESUME, _Next
 from .contracts import (
     DistributedContext,
@@ -39,10 +37,13 @@ from .view import RunView, SnapshotContext
 log = logging.getLogger("flowcraft.distributed")
 
 
-def _split_job_node(node_id: str) -> tuple[str, int]:
-    if node_id.endswith("]") and "[" in node_id:
+def _split_job_node(node_id: str, nodes: Mapping[str, Any]) -> tuple[str, int]:
+    """(node id, batch item index or -1) of a job's ``nodeId``: ``scatter[i]`` is item ``i`` of
+    batch node ``scatter``, unless the blueprint has a node literally named so (a valid id
+    like ``retry[2]``; upstream blueprints may have them)."""
+    if node_id.endswith("]") and node_id not in nodes:
         base, _, idx = node_id[:-1].rpartition("[")
-        if idx.isdigit():
+        if idx.isascii() and idx.isdigit() and len(idx) <= 9 and base in nodes:
             return base, int(idx)
     return node_id, -1
 
@@ -127,10 +128,23 @@ class WorkerLayer(RecoveryLayer):
         try:
             view = await self._view(ctx, job.run_id, lease)
         except _LeaseHeld:
-            # Someone is executing this node right now; look again after their lease.
+            # Someone is executing this node right now; look again after their lease. The
+            # holder's own message comes back should it die, so a copy is only a safeguard:
+            # one per lease and requeue round (other copies are dropped, so duplicates do not
+            # multiply), none once the run is final, at most the delivery cap's rounds.
+            assert lease is not None
+            if (
+                job.requeues >= self.delivery_policy.max_deliveries
+                or await self._is_final(ctx)
+                or not await self.coordination.set_if_not_exist(
+                    f"{lease.key}:requeue:{job.requeues}", self.worker_id, self.lease_seconds
+                )
+            ):
+                log.info("dropping job %s: node leased elsewhere", job.job_id)
+                return False, None
             raise RetryJob(
                 job.model_copy(update={"requeues": job.requeues + 1}),
-                self.lease_seconds / 2,
+                min(self.lease_seconds / 2 * 2**job.requeues, self.lease_seconds * 4),
                 "node is leased by another worker",
             ) from None
         if view is None:
@@ -152,7 +166,7 @@ class WorkerLayer(RecoveryLayer):
         if job.kind == "timer":
             await self._timer(ctx, view, plan, job)
             return False, None
-        base, index = _split_job_node(job.node_id)
+        base, index = _split_job_node(job.node_id, plan.nodes)
         ns = state.nodes.get(base)
         if ns is None:
             raise InvalidJobError(f"job for unknown node {job.node_id!r} of {bp.id!r}")
@@ -160,7 +174,11 @@ class WorkerLayer(RecoveryLayer):
             return False, None  # a job of a finished loop iteration
         act = self._activation(plan, state, base, index)
         if act is None or lease is None:
-            await self._republish(plan, state, base)
+            # The node is done. Only a redelivery of a message may be the one whose worker
+            # died between the commit and the enqueue of the work it made ready; a first
+            # delivery is a duplicate, and re-publishing from it would multiply duplicates.
+            if delivery is None or delivery.deliveries > 1:
+                await self._republish(plan, state, base)
             return False, None
         return True, await self._run_job(ctx, view, plan, job, act, lease, budget, delivery)
 
@@ -234,8 +252,6 @@ class WorkerLayer(RecoveryLayer):
                     f"attempt {job.attempt} failed: {outcome[1].get('message')}",
                 )
             deltas: Mapping[str, PatchOperation] = run.deltas
-            if outcome[0] != ERR:
-                outcome, deltas = self._check_values(act, outcome, deltas, run)
             return await self._commit_outcome(
                 ctx, view, plan, act, outcome, deltas, job, lease=lease, inline=budget > 0
             )
@@ -244,31 +260,9 @@ class WorkerLayer(RecoveryLayer):
             for b in beats:
                 b.cancel()
 
-    def _check_values(
-        self,
-        act: Activation,
-        outcome: tuple[int, Any],
-        deltas: Mapping[str, PatchOperation],
-        run: RunFrame,
-    ) -> tuple[tuple[int, Any], Mapping[str, PatchOperation]]:
-        """Refuse values the backend cannot store: the node fails with an error naming the key
-        instead of the job failing (and being redelivered) forever."""
-        limit = self.capabilities.max_value_bytes
-        try:
-            for op in deltas.values():
-                if op.op == "set":
-                    encode_value(op.key, op.value, limit)
-            if outcome[0] == OK:
-                encode_value(f"_outputs.{act.node_id}", outcome[1].output, limit)
-        except SerializationError as exc:
-            rec = ErrorRecord.from_exception(
-                exc,
-                node_id=act.job_node_id,
-                blueprint_id=run.blueprint.id,
-                execution_id=run.state.execution_id,
-            ).to_wire()
-            return (ERR, rec), {}
-        return outcome, deltas
+    async def _is_final(self, ctx: DistributedContext) -> bool:
+        rec = await ctx.get(sk.RUN_KEY)
+        return isinstance(rec, Mapping) and rec.get("status") in FINAL_STATUSES
 
     async def _heartbeat(
         self,

@@ -23,6 +23,7 @@ from .features import (
     DeadLetterTests,
     DurableTests,
     FaultTests,
+    LivenessTests,
     LoadTests,
     RecoveryTests,
     RetryTests,
@@ -43,6 +44,7 @@ class AdapterConformanceSuite(
     VersionTests,
     DeadLetterTests,
     ValueTests,
+    LivenessTests,
     LoadTests,
 ):
     """Every conformance feature in one base class (pytest collects subclasses ``Test*``).

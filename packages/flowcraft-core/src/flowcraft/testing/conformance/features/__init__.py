@@ -10,6 +10,7 @@ from .basics import BasicsTests
 from .dead_letters import DeadLetterTests
 from .durable import DurableTests
 from .faults import FaultTests
+from .liveness import LivenessTests
 from .load import LoadTests
 from .recovery import RecoveryTests
 from .retries import RetryTests
@@ -27,6 +28,7 @@ FEATURES: tuple[type, ...] = (
     VersionTests,
     DeadLetterTests,
     ValueTests,
+    LivenessTests,
     LoadTests,
 )
 """Every feature class, in the order :class:`AdapterConformanceSuite` composes them."""
@@ -37,6 +39,7 @@ __all__ = [
     "DeadLetterTests",
     "DurableTests",
     "FaultTests",
+    "LivenessTests",
     "LoadTests",
     "RecoveryTests",
     "RetryTests",

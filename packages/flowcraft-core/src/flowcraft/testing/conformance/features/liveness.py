@@ -1,0 +1,261 @@
+"""Liveness: every failure reaches a final state.
+
+Inputs that once made a job redeliver forever while its run stayed ``running``: values the
+engine writes that no store can hold, writes into the engine's namespace, node ids shaped like
+batch items, poison payloads, and duplicate storms on wide fan-outs. Each must end the run (the
+way it ends in memory, or failed with an error naming the problem) at a bounded cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from ....blueprint import load_blueprint
+from ....distributed.contracts import JobPayload
+from ....nodes import NodeContext, NodeImplementation, NodeResult
+from .. import scenarios as sc
+from ..base import SuiteBase
+from ..faults import FaultInjector
+from ..helpers import assert_same_result, in_memory
+
+FAN_WIDTH = 100
+ENQUEUE_FACTOR = 5
+"""Under duplicate-every-enqueue, the engine may call ``enqueue_job`` at most this many times
+per node (the bound the duplicate-storm test asserts). One enqueue is the node's own job; the
+rest are the safeguard requeues of a copy that found the node leased by its twin: one chain per
+node, with exponential delays, so its length grows with the log of how long the node's job
+holds its lease (commit contention on a slow store), never with the number of copies."""
+
+
+def _scenario(*raw: dict[str, Any], **impls: NodeImplementation) -> sc.Scenario:
+    return sc.Scenario([load_blueprint(r) for r in raw], dict(impls), sc.Probe())
+
+
+def _chain(bp_id: str, *ids: str, edges: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "id": bp_id,
+        "nodes": [{"id": i, "uses": i} for i in ids],
+        "edges": edges
+        if edges is not None
+        else [{"source": a, "target": b} for a, b in itertools.pairwise(ids)],
+    }
+
+
+def _unstorable() -> sc.Scenario:
+    """``transform``: ``a`` outputs -4 and the edge to ``b`` takes its square root (a complex
+    number); ``surrogate``: ``s`` outputs a string with a lone surrogate, ``fb`` is its
+    fallback; ``nan``: ``n`` outputs NaN."""
+
+    async def minus4(ctx: NodeContext) -> NodeResult:
+        return NodeResult(-4)
+
+    async def echo(ctx: NodeContext) -> NodeResult:
+        return NodeResult(ctx.input)
+
+    async def surrogate(ctx: NodeContext) -> NodeResult:
+        return NodeResult("bad\ud800")
+
+    async def nan(ctx: NodeContext) -> NodeResult:
+        return NodeResult(float("nan"))
+
+    async def recovered(ctx: NodeContext) -> NodeResult:
+        return NodeResult(f"recovered: {ctx.error.message if ctx.error else None}")
+
+    transform = _chain(
+        "transform", "a", "b", edges=[{"source": "a", "target": "b", "transform": "input ** 0.5"}]
+    )
+    surr = {
+        "id": "surrogate",
+        "nodes": [
+            {"id": "s", "uses": "s", "config": {"fallback": "fb"}},
+            {"id": "fb", "uses": "fb"},
+        ],
+        "edges": [],
+    }
+    return _scenario(
+        transform,
+        surr,
+        _chain("nan", "n", "after"),
+        a=minus4,
+        b=echo,
+        s=surrogate,
+        fb=recovered,
+        n=nan,
+        after=echo,
+    )
+
+
+class LivenessTests(SuiteBase):
+    """Runs end: unstorable engine-written values, reserved keys, odd ids, poison, storms."""
+
+    async def test_unstorable_transform_result_fails_the_source_node(self, backend: Any) -> None:
+        """An edge transform yielding a complex number: the node whose outcome produced it
+        fails with an error naming the key; the run ends ``failed`` (it used to loop)."""
+        s = _unstorable()
+        async with self.cluster(backend, s) as c:
+            res = await c.run("transform")
+        assert res.status == "failed"
+        assert res.node_statuses == {"a": "failed", "b": "pending"}
+        assert [e.node_id for e in res.errors] == ["a"]
+        assert "_fc.in.b" in res.errors[0].message
+        assert "complex" in res.errors[0].message
+        assert res.context == {}
+
+    async def test_lone_surrogate_output_goes_to_the_fallback(self, backend: Any) -> None:
+        """An output no store can encode (a lone surrogate) fails its node like any failure:
+        the fallback runs with the error and the run completes."""
+        s = _unstorable()
+        async with self.cluster(backend, s) as c:
+            res = await c.run("surrogate")
+        assert res.status == "completed"
+        assert res.node_statuses == {"s": "recovered", "fb": "completed"}
+        out = res.context["_outputs.fb"]
+        assert out.startswith("recovered: cannot store context value _outputs.s")
+        assert "surrogate" in out
+
+    async def test_nan_output_fails_the_node(self, backend: Any) -> None:
+        """NaN is not JSON: the node fails naming ``_outputs.n``; its successor never runs."""
+        s = _unstorable()
+        async with self.cluster(backend, s) as c:
+            res = await c.run("nan")
+        assert res.status == "failed"
+        assert res.node_statuses == {"n": "failed", "after": "pending"}
+        assert [e.node_id for e in res.errors] == ["n"]
+        assert "_outputs.n" in res.errors[0].message
+
+    async def test_writes_into_the_engine_namespace_fail_the_node(self, backend: Any) -> None:
+        """A node writing ``_fc.node.c`` (which would mark ``c`` completed) fails instead,
+        naming the key; ``c`` never runs. A gather whose ``outputKey`` is an engine key fails
+        its node too."""
+        calls: list[str] = []
+
+        async def forge(ctx: NodeContext) -> NodeResult:
+            calls.append(ctx.node_id)
+            await ctx.context.set("_fc.node.c", {"status": "completed"})
+            return NodeResult("forged")
+
+        async def c_node(ctx: NodeContext) -> NodeResult:
+            calls.append(ctx.node_id)
+            return NodeResult("c ran")
+
+        s = _scenario(_chain("forge", "f", "c"), f=forge, c=c_node)
+        async with self.cluster(backend, s) as c:
+            res = await c.run("forge")
+        assert res.status == "failed"
+        assert res.node_statuses == {"f": "failed", "c": "pending"}
+        assert "'_fc.node.c' is reserved" in res.errors[0].message
+        assert calls == ["f"]
+
+    async def test_node_id_shaped_like_a_batch_item(self, backend: Any) -> None:
+        """``first -> retry[2] -> last``: a valid id ending in ``[digits]`` is a node, not item 2
+        of node ``retry``; the run completes exactly as in memory."""
+
+        async def step(ctx: NodeContext) -> NodeResult:
+            return NodeResult(f"{ctx.node_id}<-{ctx.input}")
+
+        def scenario() -> sc.Scenario:
+            return _scenario(
+                _chain("odd-ids", "first", "retry[2]", "last"),
+                first=step,
+                **{"retry[2]": step},
+                last=step,
+            )
+
+        async with self.cluster(backend, scenario()) as c:
+            res = await c.run("odd-ids")
+        assert res.status == "completed"
+        assert res.context["_outputs.last"] == "last<-retry[2]<-first<-None"
+        assert_same_result(res, await in_memory(scenario(), "odd-ids"))
+
+    @pytest.mark.parametrize(
+        "kind", ["nested-list", "nested-object", "unknown-node", "odd-digits", "long-index"]
+    )
+    async def test_poison_payloads_are_dead_lettered(self, backend: Any, kind: str) -> None:
+        """Poison jobs end in the dead-letter store with a reason (never redelivered forever),
+        and the workers keep working."""
+        s = sc.hitl()
+        async with self.cluster(backend, s) as c:
+            rid = await c.start_run("hitl")
+            await c.wait_until(rid, lambda st: st.status == "awaiting", "awaiting")
+            job = JobPayload(run_id=rid, blueprint_id="hitl", node_id="x").to_wire()
+            if kind == "nested-list":
+                body, needle = "[" * 200_000 + "]" * 200_000, "invalid job payload"
+            elif kind == "nested-object":
+                body, needle = '{"a":' * 200_000 + "1" + "}" * 200_000, "invalid job payload"
+            elif kind == "unknown-node":
+                body, needle = json.dumps({**job, "nodeId": "no-such-node"}), "no-such-node"
+            elif kind == "odd-digits":
+                body, needle = json.dumps({**job, "nodeId": "review[\u00b2]"}), "review[\u00b2]"
+            else:
+                body, needle = (
+                    json.dumps({**job, "nodeId": "review[" + "9" * 5000 + "]"}),
+                    "review[",
+                )
+            if not await self.enqueue_raw(backend, body):
+                pytest.skip(f"{type(self).__name__} cannot enqueue raw messages (enqueue_raw)")
+            await self._dead_lettered(backend, needle)
+            assert (await c.status(rid)).status == "awaiting"
+            await c.client.resume(rid, output="ok", action="approve")
+            res = await c.result(rid, timeout=self.scenario_timeout)
+        assert res.status == "completed"
+
+    async def _dead_lettered(self, backend: Any, needle: str) -> None:
+        if not self.adapter_class.capabilities.dead_letter:
+            return
+        for _ in range(500):
+            letters = await self.dead_letters(backend)
+            if letters is None:
+                self.missing_hook(
+                    "dead_letters",
+                    f"{self.adapter_class.__name__} declares Capabilities.dead_letter but the "
+                    "suite cannot read its dead letters",
+                    "dead_letters(backend) -> list of dead-lettered bodies/reasons as text",
+                )
+            if any(needle in x for x in letters):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no dead letter mentions {needle!r}")
+
+    async def test_duplicate_storm_on_a_wide_fan_out_is_bounded(self, backend: Any) -> None:
+        """Every enqueue delivered twice on a 100-wide fan-out: the run completes, every node
+        runs once, and the engine enqueues at most ENQUEUE_FACTOR jobs per node (late
+        duplicates of finished nodes publish nothing)."""
+        width = FAN_WIDTH
+        ids = [f"w{i}" for i in range(width)]
+        ran: list[str] = []
+
+        async def node(ctx: NodeContext) -> NodeResult:
+            ran.append(ctx.node_id)
+            return NodeResult(1)
+
+        async def join(ctx: NodeContext) -> NodeResult:
+            ran.append(ctx.node_id)
+            return NodeResult(sum(ctx.input.values()))
+
+        raw = {
+            "id": "storm",
+            "nodes": [
+                {"id": "s", "uses": "w"},
+                *({"id": i, "uses": "w"} for i in ids),
+                {"id": "j", "uses": "j"},
+            ],
+            "edges": [
+                *({"source": "s", "target": i} for i in ids),
+                *({"source": i, "target": "j"} for i in ids),
+            ],
+        }
+        s = _scenario(raw, w=node, j=join)
+        faults = FaultInjector(seed=7).duplicate(2)
+        kwargs = self.delivered_duplicates_kwargs()
+        async with self.cluster(backend, s, faults=faults, **kwargs) as c:
+            res = await c.run("storm")
+        assert res.status == "completed"
+        assert res.context["_outputs.j"] == width
+        assert sorted(ran) == sorted(["s", *ids, "j"])
+        nodes = width + 2
+        assert len(faults.enqueued) <= ENQUEUE_FACTOR * nodes, (len(faults.enqueued), nodes)
