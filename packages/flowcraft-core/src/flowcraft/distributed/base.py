@@ -26,7 +26,7 @@ from ..blueprint import NodeDefinition, WorkflowBlueprint
 from ..errors import ErrorRecord
 from ..events import EventBus, FlowcraftEvent
 from ..runtime import FlowRuntime, WorkflowResult
-from ..state import RunState, WorkflowStatus
+from ..state import FINAL_STATUSES, RunState, WorkflowStatus
 from . import statekeys as sk
 from .contracts import (
     Capabilities,
@@ -229,14 +229,35 @@ class EngineBase(ABC):
         return snap, dec[0], dec[1]
 
     async def status(self, run_id: str) -> RunStatus:
-        """The run's current status (KeyError when there is no such run)."""
+        """The run's current status (KeyError when there is no such run).
+
+        A subflow node waits on its child run; it counts as ``awaiting`` (and so does the run)
+        only while the child itself is awaiting something a client can resume, exactly as in
+        memory: while the child runs, the node is ``running`` and so is the run."""
         _, st, rec = await self._load_run(run_id)
+        status, nodes, awaiting = st.status, self._ordered_statuses(st), st.awaiting
+        if status not in FINAL_STATUSES and any(
+            d.get("reason") == "subflow" for d in awaiting.values()
+        ):
+            awaiting = dict(awaiting)
+            for node_id, d in st.awaiting.items():
+                if d.get("reason") != "subflow":
+                    continue
+                try:
+                    child = await self.status(str(d["childRunId"]))
+                except KeyError:
+                    continue
+                if child.status != "awaiting":
+                    del awaiting[node_id]
+                    nodes[node_id] = "running"
+            if status == "awaiting" and not awaiting:
+                status = "running"
         return RunStatus(
             run_id=run_id,
             blueprint_id=st.blueprint_id,
-            status=st.status,
-            node_statuses=self._ordered_statuses(st),
-            awaiting=st.awaiting,
+            status=status,
+            node_statuses=nodes,
+            awaiting=awaiting,
             errors=st.errors,
             updated_at=rec.get("updatedAt"),
         )

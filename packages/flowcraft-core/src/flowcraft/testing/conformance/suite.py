@@ -25,6 +25,7 @@ from .features import (
     FaultTests,
     LivenessTests,
     LoadTests,
+    ObservableTests,
     RecoveryTests,
     RetryTests,
     RoutingTests,
@@ -45,6 +46,7 @@ class AdapterConformanceSuite(
     DeadLetterTests,
     ValueTests,
     LivenessTests,
+    ObservableTests,
     LoadTests,
 ):
     """Every conformance feature in one base class (pytest collects subclasses ``Test*``).

@@ -12,6 +12,7 @@ from .durable import DurableTests
 from .faults import FaultTests
 from .liveness import LivenessTests
 from .load import LoadTests
+from .observable import ObservableTests
 from .recovery import RecoveryTests
 from .retries import RetryTests
 from .routing import RoutingTests
@@ -29,6 +30,7 @@ FEATURES: tuple[type, ...] = (
     DeadLetterTests,
     ValueTests,
     LivenessTests,
+    ObservableTests,
     LoadTests,
 )
 """Every feature class, in the order :class:`AdapterConformanceSuite` composes them."""
@@ -41,6 +43,7 @@ __all__ = [
     "FaultTests",
     "LivenessTests",
     "LoadTests",
+    "ObservableTests",
     "RecoveryTests",
     "RetryTests",
     "RoutingTests",
