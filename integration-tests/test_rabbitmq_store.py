@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flowcraft import load_blueprint
 from flowcraft.context import PatchOperation
-from flowcraft.distributed.contracts import JobPayload
+from flowcraft.distributed import Delivery, DeliveryPolicy, JobPayload, SimulatedCrash
 from flowcraft.testing.conformance import Cluster, FaultInjector, until
 from flowcraft.testing.conformance import scenarios as sc
 from flowcraft_rabbitmq import SCHEMA_VERSION, PostgresRunStore, RabbitMQAdapter
@@ -81,19 +81,24 @@ async def test_commit_is_a_version_compare_and_set(rabbit: RabbitBackend) -> Non
 
 
 async def test_final_status_is_never_replaced(rabbit: RabbitBackend) -> None:
-    """Once the status column is final, a commit that would change it is refused even with
-    the right version; commits that leave it alone still apply."""
+    """The status column is the status passed with a commit (None: unchanged). Once it is
+    final, a commit that would change it is refused even with the right version; commits
+    that leave it alone still apply."""
     store = await _store(rabbit)
-    run = {"executionId": "f", "blueprintId": "bp", "status": "running"}
-    assert await store.commit("f", [_set("_fc.run", run)], 0)
+    assert await store.commit("f", [_set("a", 1)], 0, "running")
     assert await store.run_status("f") == "running"
-    assert await store.commit("f", [_set("_fc.run", {**run, "status": "completed"})], 1)
+    assert await store.commit("f", [_set("a", 2)], 1)
+    assert await store.run_status("f") == "running"
+    assert await store.commit("f", [_set("a", 3)], 2, "completed")
     assert await store.run_status("f") == "completed"
-    assert not await store.commit("f", [_set("_fc.run", {**run, "status": "running"})], 2)
-    assert not await store.commit("f", [_set("_fc.run", {**run, "status": "failed"})], None)
+    assert not await store.commit("f", [_set("a", 4)], 3, "running")
+    assert not await store.commit("f", [_set("a", 5)], None, "failed")
     assert await store.run_status("f") == "completed"
-    assert await store.commit("f", [_set("note", 1)], 2)
-    assert (await store.load("f")).version == 3
+    assert await store.commit("f", [_set("note", 1)], 3)
+    assert await store.commit("f", [_set("note", 2)], 4, "completed")
+    snap = await store.load("f")
+    assert (snap.version, snap.data) == (5, {"a": 3, "note": 2})
+    assert await store.run_status("f") == "completed"
 
 
 async def test_contending_commits_take_turns_and_all_apply(rabbit: RabbitBackend) -> None:
@@ -127,8 +132,7 @@ async def test_active_runs_are_paged_and_stale_filtered(rabbit: RabbitBackend) -
     store = await _store(rabbit)
     for i in range(7):
         status = "completed" if i % 3 == 0 else "running"
-        rec = {"executionId": f"r{i}", "blueprintId": "bp", "status": status}
-        assert await store.commit(f"r{i}", [_set("_fc.run", rec)], 0)
+        assert await store.commit(f"r{i}", [_set("x", i)], 0, status)
     pages: list[list[str]] = []
     cursor: str | None = None
     while True:
@@ -276,7 +280,7 @@ async def test_delays_order_deliveries_without_plugins(rabbit: RabbitBackend) ->
     a = rabbit.adapter()
     seen: list[str] = []
 
-    async def handler(job: JobPayload) -> None:
+    async def handler(job: JobPayload, delivery: Delivery | None) -> None:
         seen.append(job.node_id)
 
     task = await _consume(a, handler)
@@ -297,12 +301,14 @@ async def test_failing_handling_is_retried_with_backoff_then_dead_lettered(
     rabbit: RabbitBackend,
 ) -> None:
     """A message whose handling keeps raising is redelivered through the delay queues (never
-    a hot loop) and dead-lettered with the reason after ``max_failures`` attempts."""
-    a = rabbit.adapter(max_failures=3)
-    calls: list[str] = []
+    a hot loop; each copy carries the delivery count) and dead-lettered with the reason on
+    delivery ``max_deliveries``."""
+    a = rabbit.adapter(delivery_policy=DeliveryPolicy(max_deliveries=3))
+    calls: list[tuple[str, int]] = []
 
-    async def handler(job: JobPayload) -> None:
-        calls.append(job.node_id)
+    async def handler(job: JobPayload, delivery: Delivery | None) -> None:
+        assert delivery is not None
+        calls.append((job.node_id, delivery.deliveries))
         raise ConnectionError("store down")
 
     task = await _consume(a, handler)
@@ -312,23 +318,26 @@ async def test_failing_handling_is_retried_with_backoff_then_dead_lettered(
     finally:
         await a.stop()
         await task
-    assert calls == ["poison"] * 3
-    letters = await a.dead_letters()
-    assert len(letters) == 1
-    assert '"nodeId":"poison"' in letters[0][0]
-    assert letters[0][1] == "handling failed 3 times: ConnectionError('store down')"
+    assert calls == [("poison", 1), ("poison", 2), ("poison", 3)]
+    assert a.delay_queue_name(64) in a._declared  # the 0.1 s backoff went through 64 ms
+    assert await a.dead_letters() == [
+        (
+            _job("poison").to_json(),
+            "handling failed on delivery 3 (limit 3): ConnectionError: store down",
+        )
+    ]
 
 
 async def test_message_killing_its_worker_is_dead_lettered(rabbit: RabbitBackend) -> None:
-    """A message that "kills" its worker every time (simulated crash: no ack, requeued) is
-    dead-lettered after ``max_redeliveries`` redeliveries instead of looping forever."""
-    from flowcraft.distributed.contracts import SimulatedCrash
+    """A message that "kills" its worker every time (simulated crash: no ack, requeued by the
+    broker, each redelivery counted) is dead-lettered on the delivery after
+    ``max_deliveries`` instead of looping forever."""
+    a = rabbit.adapter(delivery_policy=DeliveryPolicy(max_deliveries=3))
+    calls: list[tuple[str, int]] = []
 
-    a = rabbit.adapter(max_redeliveries=2)
-    calls: list[str] = []
-
-    async def handler(job: JobPayload) -> None:
-        calls.append(job.node_id)
+    async def handler(job: JobPayload, delivery: Delivery | None) -> None:
+        assert delivery is not None
+        calls.append((job.node_id, delivery.deliveries))
         raise SimulatedCrash("boom")
 
     task = await _consume(a, handler)
@@ -338,8 +347,13 @@ async def test_message_killing_its_worker_is_dead_lettered(rabbit: RabbitBackend
     finally:
         await a.stop()
         await task
-    assert calls == ["killer"] * 3
-    assert [r for _, r in await a.dead_letters()] == ["redelivered more than 2 times"]
+    assert calls == [("killer", 1), ("killer", 2), ("killer", 3)]
+    assert await a.dead_letters() == [
+        (
+            _job("killer").to_json(),
+            "delivered 4 times (limit 3) without being handled; the job kills or stalls its worker",
+        )
+    ]
 
 
 def _long_scenario(seconds: float) -> sc.Scenario:
@@ -464,7 +478,7 @@ async def test_undecodable_bodies_are_dead_lettered(rabbit: RabbitBackend, bad: 
     a = rabbit.adapter()
     calls: list[JobPayload] = []
 
-    async def handler(job: JobPayload) -> None:
+    async def handler(job: JobPayload, delivery: Delivery | None) -> None:
         calls.append(job)
 
     task = await _consume(a, handler)

@@ -60,6 +60,19 @@ def test_from_url_splits_flowcraft_options_from_amqp_options() -> None:
     assert a.delay_queue_name(64) == "jobs.delay.64"
 
 
+def test_from_url_names_bad_options_and_schemes(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"option prefetch='many' is not a valid int"):
+        from_url("amqp://h/?prefetch=many", runtime_options={})
+    with pytest.raises(ValueError, match=r"expected one of amqp://, amqps://, rabbitmq://"):
+        from_url("redis://h/", runtime_options={})
+    monkeypatch.setenv("FLOWCRAFT_POSTGRES_URL", "postgresql://env:5432/db")
+    a = from_url("amqps://h:5671/?queue=q", runtime_options={})
+    assert a.amqp_url == "amqps://h:5671/"
+    assert a.store.conninfo == "postgresql://env:5432/db"
+    b = from_url("amqp://h/?postgres=postgresql%3A%2F%2Furl%2Fdb", runtime_options={})
+    assert b.store.conninfo == "postgresql://url/db"
+
+
 def test_backend_entry_point_and_concurrency_alias() -> None:
     a = open_adapter("amqp://127.0.0.1:5672/?queue=q", runtime_options={}, concurrency=3)
     assert isinstance(a, RabbitMQAdapter)

@@ -9,8 +9,8 @@ Redis (:mod:`flowcraft.redis`, installed with ``flowcraft-core[redis]``).
 from __future__ import annotations
 
 from .adapter import (
+    DELIVERIES_HEADER,
     DUE_HEADER,
-    FAILURES_HEADER,
     MAX_DELAY_BUCKET_MS,
     REASON_HEADER,
     WATCHDOG_HEADER,
@@ -30,8 +30,8 @@ from .postgres import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DELIVERIES_HEADER",
     "DUE_HEADER",
-    "FAILURES_HEADER",
     "MAX_DELAY_BUCKET_MS",
     "REASON_HEADER",
     "SCHEMA_VERSION",

@@ -1,9 +1,10 @@
 """RabbitMQAdapter: Flowcraft workers and clients on RabbitMQ, with run state in PostgreSQL
 and coordination (node leases) in Redis.
 
-All orchestration (routing, joins, exactly-once commits, leases, recovery) is
-:class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`'s; this module maps it onto
-RabbitMQ (``aio-pika``, robust connections) and the stores:
+All orchestration (routing, joins, exactly-once commits, leases, recovery) and what happens
+to a delivered message (:func:`~flowcraft.distributed.delivery.decide`: ack, retry, redeliver,
+dead-letter, give back) is the engine's; this module maps it onto RabbitMQ (``aio-pika``,
+robust connections) and the stores:
 
 * topology (all durable, on the default exchange, declared idempotently):
   ``<queue>`` the work queue; ``<queue>.dead`` the dead-letter queue; ``<queue>.delay.<ms>``
@@ -22,17 +23,25 @@ RabbitMQ (``aio-pika``, robust connections) and the stores:
 * manual ack after the handler returned, i.e. after the step's commit and its successors'
   confirmed enqueues; ``prefetch`` bounds the jobs in progress per worker.
 * crash recovery: a dead worker's unacked deliveries are requeued by the broker when its
-  connection closes; the node lease in Redis keeps a slow node from running twice.
+  connection closes, at once, while the dead worker's node lease in Redis still holds: such a
+  redelivery becomes a watchdog copy (below) that re-checks the lease every half lease and
+  runs the job once the lease is gone (as a redelivery, so the engine repairs what the dead
+  worker left undone); the lease keeps a slow node from running twice.
 * long nodes vs. the broker's ``consumer_timeout`` (30 min by default; the broker closes the
   channel of a delivery unacked for longer): after ``handoff_after`` seconds the heartbeat hands
   the delivery off: it publishes a *watchdog* copy of the job (delivered every
   ``watchdog_interval`` s while the node's lease is alive, run normally once the lease is gone,
   i.e. if this worker died) and acks the original.
+* redelivery: a message whose handling failed is published again through the delay queues
+  (the ``delivery_policy`` backoff, never a hot loop) and the original acked; a message given
+  back on shutdown is nacked (requeued at once).
+* delivery count (for the ``delivery_policy`` cap): the ``x-flowcraft-deliveries`` header
+  carries the deliveries of the job's earlier copies (republished redeliveries, handed-off
+  deliveries), plus the broker's redeliveries of this copy (a job that kills its worker),
+  counted in the coordination store by message id.
 * poison messages go to ``<queue>.dead`` with the reason in the ``x-flowcraft-reason`` header:
-  unparseable bodies, jobs the engine rejects, messages whose handling raised
-  ``max_failures`` times (each failure is retried with backoff through a delay queue, never in
-  a hot loop), and messages redelivered more than ``max_redeliveries`` times (a job that kills
-  its worker every time).
+  unparseable bodies, jobs the engine rejects, and jobs delivered more than
+  ``delivery_policy.max_deliveries`` times.
 * reconnection: ``aio_pika.connect_robust`` re-opens channels, QoS and the consumer after a
   broker connection drop; acks of deliveries from the dropped connection are discarded (the
   broker has requeued them and the engine deduplicates the redelivery).
@@ -42,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import logging
 import math
@@ -52,7 +60,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -63,12 +70,17 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from flowcraft.blueprint import NodeDefinition
-from flowcraft.distributed.adapter import BaseDistributedAdapter, JobHandler, RetryJob
-from flowcraft.distributed.contracts import (
+from flowcraft.distributed import (
+    BaseDistributedAdapter,
     Capabilities,
-    InvalidJobError,
+    Decision,
+    Delivery,
+    Disposition,
+    JobHandler,
     JobPayload,
+    Option,
     SimulatedCrash,
+    parse_url,
 )
 from flowcraft.distributed.results import PushSource
 from flowcraft.redis import RedisCoordinationStore, RedisKeyLayout, connect
@@ -80,9 +92,12 @@ log = logging.getLogger("flowcraft.rabbitmq")
 DUE_HEADER: Final = "x-flowcraft-due"
 """Epoch milliseconds at which a delayed message is due."""
 WATCHDOG_HEADER: Final = "x-flowcraft-watchdog"
-"""Marks the watchdog copy of a job whose delivery was handed off (see the module docs)."""
-FAILURES_HEADER: Final = "x-flowcraft-failures"
-"""How many times handling this message raised (infrastructure errors, not node failures)."""
+"""Marks a watchdog copy of a job: run once its node lease is gone, re-armed while it lives
+(see the module docs). The value is the re-arm interval in milliseconds (1: the adapter's
+``watchdog_interval``)."""
+DELIVERIES_HEADER: Final = "x-flowcraft-deliveries"
+"""How many deliveries of the job's earlier copies count against the delivery cap (a
+redelivery and a hand-off publish a new copy of the message)."""
 REASON_HEADER: Final = "x-flowcraft-reason"
 """Why a message was dead-lettered."""
 
@@ -99,18 +114,13 @@ _TRANSIENT = (
 )
 
 
-@dataclass
-class _Delivery:
-    """The delivery a job task is handling (inherited by its heartbeat task)."""
+@dataclass(eq=False)
+class Received:
+    """The RabbitMQ side of a :class:`~flowcraft.distributed.Delivery` (its ``message``): the
+    incoming message to ack or nack, and when it arrived (for the hand-off of long nodes)."""
 
-    message: AbstractIncomingMessage
-    received: float = field(default_factory=time.monotonic)
-    settled: bool = False
-
-
-_CURRENT: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
-    "flowcraft_rabbitmq_delivery", default=None
-)
+    incoming: AbstractIncomingMessage
+    at: float = field(default_factory=time.monotonic)
 
 
 def delay_bucket_ms(delay_ms: int) -> int:
@@ -134,12 +144,12 @@ class RabbitMQAdapter(BaseDistributedAdapter):
     ``prefetch`` (alias ``concurrency``) is how many jobs one worker handles at once.
 
     Long nodes: ``consumer_timeout`` is the broker's (seconds); deliveries are handed off after
-    ``handoff_after`` (default: half of it) and watched every ``watchdog_interval`` s. Poison:
-    ``max_failures`` failed handlings or ``max_redeliveries`` redeliveries dead-letter a
-    message. ``publish_timeout`` bounds how long a publish waits for a lost connection to come
-    back. ``retry_in_process=False`` delegates node retries to the queue (one delivery per
-    attempt, backoff through the delay queues). Other keyword arguments go to
-    :class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`.
+    ``handoff_after`` (default: half of it) and watched every ``watchdog_interval`` s.
+    ``publish_timeout`` bounds how long a publish waits for a lost connection to come back.
+    ``retry_in_process=False`` delegates node retries to the queue (one delivery per attempt,
+    backoff through the delay queues). Other keyword arguments go to
+    :class:`~flowcraft.distributed.BaseDistributedAdapter` (``runtime_options``,
+    ``lease_seconds``, ``delivery_policy`` (delivery cap and redelivery backoff), ...).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -166,8 +176,6 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         consumer_timeout: float = 1800.0,
         handoff_after: float | None = None,
         watchdog_interval: float = 60.0,
-        max_failures: int = 10,
-        max_redeliveries: int = 20,
         publish_timeout: float = 60.0,
         reconnect_interval: float = 1.0,
         connection_name: str | None = None,
@@ -187,8 +195,6 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         self.consumer_timeout = consumer_timeout
         self.handoff_after = consumer_timeout / 2 if handoff_after is None else handoff_after
         self.watchdog_interval = watchdog_interval
-        self.max_failures = max_failures
-        self.max_redeliveries = max_redeliveries
         self.publish_timeout = publish_timeout
         self.local_wait_ms = 50
         """A delayed message arriving at most this many ms early is held until due instead of
@@ -226,8 +232,6 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         self._publisher: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
         self._declare_lock = asyncio.Lock()
-        self._stop = asyncio.Event()
-        self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.processed = 0
         """Deliveries handled (acked) by this worker."""
@@ -379,16 +383,21 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         """``retry_in_process`` (constructor option); False delegates attempts to the queue."""
         return self.retry_in_process
 
-    async def extend_job_lease(self, job: JobPayload) -> None:
-        """Heartbeat: once the delivery is ``handoff_after`` s old, hand it off (watchdog copy
-        + ack) before the broker's consumer timeout closes the channel."""
-        d = _CURRENT.get()
-        if d is None or d.settled or time.monotonic() - d.received < self.handoff_after:
+    async def extend_delivery(self, delivery: Delivery) -> None:
+        """Heartbeat: once the delivery is ``handoff_after`` s old, hand it off (a watchdog
+        copy carrying the delivery count, then ack) before the broker's consumer timeout
+        closes the channel."""
+        r = delivery.message
+        if delivery.settled or time.monotonic() - r.at < self.handoff_after:
             return
-        headers = {WATCHDOG_HEADER: 1}
-        await self.publish(d.message.body, self.watchdog_interval, headers)
-        await self._settle_delivery(d, "ack")
-        log.info("handed off the delivery of long job %s (watchdog armed)", job.job_id)
+        every = round(self.watchdog_interval * 1000)
+        headers = {WATCHDOG_HEADER: every, DELIVERIES_HEADER: delivery.deliveries}
+        await self.publish(r.incoming.body, every / 1000, headers)
+        await self._finish(r.incoming, ack=True)
+        delivery.settled = True
+        log.info(
+            "handed off the delivery of long message %s (watchdog armed)", r.incoming.message_id
+        )
 
     # -- publishing -------------------------------------------------------------------------------
 
@@ -404,20 +413,29 @@ class RabbitMQAdapter(BaseDistributedAdapter):
             hdrs[DUE_HEADER] = int(time.time() * 1000) + delay_ms
         await self._send(body, delay_ms, hdrs)
 
-    async def _send(self, body: bytes, delay_ms: int, headers: dict[str, Any]) -> None:
+    async def _send(
+        self,
+        body: bytes,
+        delay_ms: int,
+        headers: dict[str, Any],
+        *,
+        dead: bool = False,
+        message_id: str | None = None,
+        content_type: str | None = "application/json",
+    ) -> None:
         msg = aio_pika.Message(
             body,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
-            message_id=uuid.uuid4().hex,
+            content_type=content_type,
+            message_id=message_id or uuid.uuid4().hex,
             headers=headers or None,
         )
         deadline = time.monotonic() + self.publish_timeout
         while True:
             try:
                 ch = await self._channel()
-                route = self.queue_name
-                if delay_ms >= 1:
+                route = self.dead_queue_name if dead else self.queue_name
+                if delay_ms >= 1 and not dead:
                     route = await self._delay_queue(ch, delay_bucket_ms(delay_ms))
                 await ch.default_exchange.publish(msg, route, mandatory=True, timeout=10.0)
                 return
@@ -425,7 +443,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
                 # Unroutable: the queue was deleted under us. Declare it again, then retry.
                 log.warning("queue %s missing; declaring it again", route)
                 self._declared.discard(route)
-                if route == self.queue_name:
+                if route in (self.queue_name, self.dead_queue_name):
                     self._publisher = None
             except _TRANSIENT as exc:
                 if time.monotonic() > deadline:
@@ -435,32 +453,17 @@ class RabbitMQAdapter(BaseDistributedAdapter):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not publish to {self.queue_name!r}")
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
-        log.error("dead-lettering message %s: %s", message.message_id, reason)
-        headers = {
-            k: v for k, v in (message.headers or {}).items() if k not in ("x-death", DUE_HEADER)
-        }
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Publish the message as received to ``<queue>.dead`` with ``reason`` in the
+        ``x-flowcraft-reason`` header (confirmed), then ack it."""
+        m = delivery.message.incoming
+        headers = {k: v for k, v in delivery.attributes.items() if k not in ("x-death", DUE_HEADER)}
         headers[REASON_HEADER] = reason[:4000]
-        msg = aio_pika.Message(
-            message.body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type=message.content_type,
-            message_id=message.message_id,
-            headers=headers,
+        await self._send(
+            m.body, 0, headers, dead=True, message_id=m.message_id, content_type=m.content_type
         )
-        deadline = time.monotonic() + self.publish_timeout
-        while True:
-            try:
-                ch = await self._channel()
-                await ch.default_exchange.publish(
-                    msg, self.dead_queue_name, mandatory=True, timeout=10.0
-                )
-                break
-            except _TRANSIENT:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(min(self.reconnect_interval, 0.5))
         self.dead_lettered += 1
+        await self.ack(delivery)
 
     async def dead_letters(self, limit: int = 1000) -> list[tuple[str, str]]:
         """``(body, reason)`` of up to ``limit`` messages in the dead-letter queue, left in the
@@ -482,36 +485,29 @@ class RabbitMQAdapter(BaseDistributedAdapter):
 
     # -- consuming ---------------------------------------------------------------------------
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stopping
-
-    async def stop(self) -> None:
-        """Stop consuming; jobs in progress finish (and are acked) first."""
-        self._stopping = True
-        self._stop.set()
-
     async def process_jobs(self, handler: JobHandler) -> None:
-        """Consume the work queue until :meth:`stop` (``prefetch`` jobs at once)."""
-        if self._stopping:
+        """Consume the work queue until :meth:`stop` (``prefetch`` jobs at once); each message
+        is handled in its own task and settled by :meth:`process_delivery`."""
+        if self.stopping:
             return
+        stop = self.stop_event()
         await self._ready_store()
         await self.declare_topology()
         conn = await self.connection()
         ch = await conn.channel(publisher_confirms=False)
         await ch.set_qos(prefetch_count=self.prefetch)
         queue = await ch.declare_queue(self.queue_name, durable=True)
+        run = self._watchdog(handler)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             # Own task, not aiormq's: a connection drop must not cancel a running node.
-            t = asyncio.get_running_loop().create_task(self._on_message(handler, message))
+            t = asyncio.get_running_loop().create_task(self._on_message(run, message))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
 
         tag = await queue.consume(on_message, no_ack=False)
         try:
-            await self._stop.wait()
+            await stop.wait()
         finally:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
@@ -520,111 +516,153 @@ class RabbitMQAdapter(BaseDistributedAdapter):
             with contextlib.suppress(Exception):
                 await ch.close()
 
-    async def _settle_delivery(self, d: _Delivery, how: str) -> None:
-        if d.settled:
-            return
-        d.settled = True
-        try:
-            if how == "ack":
-                await d.message.ack()
-            else:
-                await d.message.nack(requeue=True)
-        except Exception as exc:
-            # The delivery's channel is gone (connection drop): the broker requeued it.
-            self.stale_acks += 1
-            log.info("could not %s message %s (%s)", how, d.message.message_id, exc)
+    def _watchdog(self, handler: JobHandler) -> JobHandler:
+        """``handler``, except for a watchdog copy or a broker redelivery whose node lease is
+        alive (the node still runs, or its dead worker's lease has not expired yet): that
+        message is (re-)armed as a watchdog copy, not run; the delivery number stays."""
+
+        async def run(job: JobPayload, delivery: Delivery | None) -> None:
+            if delivery is not None:
+                every = self._rearm_ms(delivery)
+                if every and await self._lease_alive(job):
+                    body = delivery.message.incoming.body
+                    headers = {WATCHDOG_HEADER: every, DELIVERIES_HEADER: delivery.deliveries - 1}
+                    await self.publish(body, every / 1000, headers)
+                    return
+            await handler(job, delivery)
+
+        return run
+
+    def _rearm_ms(self, delivery: Delivery) -> int:
+        """How often a watchdog copy of this delivery re-checks its node's lease (ms); 0 for
+        a first delivery of a plain job."""
+        mark = delivery.attributes.get(WATCHDOG_HEADER)
+        if mark is not None:
+            try:
+                every = int(str(mark))
+            except ValueError:
+                every = 1
+            return every if every > 1 else round(self.watchdog_interval * 1000)
+        if delivery.message.incoming.redelivered:
+            return max(round(self.lease_seconds * 500), 50)
+        return 0
 
     async def _on_message(self, handler: JobHandler, message: AbstractIncomingMessage) -> None:
-        d = _Delivery(message)
         headers = dict(message.headers or {})
+        delivery: Delivery | None = None
         try:
-            due = headers.get(DUE_HEADER)
-            if due is not None:
-                remaining_ms = int(str(due)) - int(time.time() * 1000)
-                if remaining_ms > self.local_wait_ms:  # early (a power-of-two hop): go round
-                    rest = {k: v for k, v in headers.items() if k not in ("x-death",)}
-                    await self._send(message.body, remaining_ms, rest)
-                    await self._settle_delivery(d, "ack")
-                    return
-                if remaining_ms >= 1:  # nearly due: wait here rather than another hop
-                    await asyncio.sleep(remaining_ms / 1000)
-            try:
-                job = JobPayload.parse(message.body.decode("utf-8"))
-            except (InvalidJobError, UnicodeDecodeError) as exc:
-                await self._dead_letter(message, f"{exc}")
-                await self._settle_delivery(d, "ack")
+            if await self._early(message, headers):
                 return
-            if headers.get(WATCHDOG_HEADER) and await self._lease_alive(job):
-                await self.publish(message.body, self.watchdog_interval, {WATCHDOG_HEADER: 1})
-                await self._settle_delivery(d, "ack")
-                return
-            if message.redelivered and await self._too_many_redeliveries(message):
-                await self._dead_letter(
-                    message, f"redelivered more than {self.max_redeliveries} times"
-                )
-                await self._settle_delivery(d, "ack")
-                return
-            await self._run(handler, d, job, headers)
-        except Exception:
-            # Something failed around the handler (a store or broker outage): the delivery goes
-            # back to the queue; the engine deduplicates whatever was done already.
-            log.exception("handling message %s failed; requeueing it", message.message_id)
-            await asyncio.sleep(0.05)
-            await self._settle_delivery(d, "nack")
-
-    async def _run(
-        self, handler: JobHandler, d: _Delivery, job: JobPayload, headers: dict[str, Any]
-    ) -> None:
-        token = _CURRENT.set(d)
-        try:
-            await handler(job)
-        except RetryJob as exc:
-            await self.enqueue_job(exc.job, delay=exc.delay)
-        except InvalidJobError as exc:
-            await self._dead_letter(d.message, str(exc))
+            delivery = Delivery(
+                message.body,
+                Received(message),
+                deliveries=await self._deliveries(message, headers),
+                attributes=headers,
+            )
+            await self.process_delivery(delivery, handler)
         except SimulatedCrash:
             # A dead process acks nothing; its connection closes and the broker requeues.
-            await self._settle_delivery(d, "nack")
-            return
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._stopping or task is None:
-                await self._settle_delivery(d, "nack")
-                raise
-            task.uncancel()
-            log.info("job %s cancelled with its run", job.job_id)
-        except Exception as exc:
-            failures = int(headers.get(FAILURES_HEADER) or 0) + 1
-            if failures >= self.max_failures:
-                await self._dead_letter(d.message, f"handling failed {failures} times: {exc!r}")
+            if delivery is None or not delivery.settled:
+                await self._finish(message, ack=False)
+        except Exception:
+            # Something failed around the handler (counting, settling: a store or broker
+            # outage): the message goes back to the queue; the engine deduplicates.
+            log.exception("handling message %s failed; requeueing it", message.message_id)
+            if delivery is None or not delivery.settled:
+                await asyncio.sleep(self.delivery_policy.backoff)
+                await self._finish(message, ack=False)
+
+    async def _early(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> bool:
+        """True when a delayed message arrived early and was sent round the delay queues once
+        more; a message nearly due is held here until it is."""
+        due = headers.get(DUE_HEADER)
+        if due is None:
+            return False
+        remaining_ms = int(str(due)) - int(time.time() * 1000)
+        if remaining_ms > self.local_wait_ms:  # early (a power-of-two hop): go round
+            rest = {k: v for k, v in headers.items() if k != "x-death"}
+            await self._send(message.body, remaining_ms, rest)
+            await self._finish(message, ack=True)
+            return True
+        if remaining_ms >= 1:  # nearly due: wait here rather than another hop
+            await asyncio.sleep(remaining_ms / 1000)
+        return False
+
+    async def _deliveries(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> int:
+        """This delivery's number: the earlier copies' deliveries (header), plus the broker's
+        redeliveries of this copy (counted by message id in the coordination store)."""
+        try:
+            earlier = max(int(str(headers.get(DELIVERIES_HEADER) or 0)), 0)
+        except ValueError:
+            earlier = 0
+        if message.redelivered:
+            mid = message.message_id or hashlib.sha1(message.body).hexdigest()
+            earlier += await self.coordination.increment(f"rmq-redelivered:{mid}", 24 * 3600.0)
+        return earlier + 1
+
+    async def _finish(self, message: AbstractIncomingMessage, *, ack: bool) -> None:
+        """Ack, or nack with requeue; a delivery whose channel is gone (connection drop) is
+        only counted in :attr:`stale_acks`: the broker has requeued it already."""
+        try:
+            if ack:
+                await message.ack()
             else:
-                delay = min(0.05 * 2 ** (failures - 1), 30.0)
-                log.exception("job %s failed; redelivering in %.2f s", job.job_id, delay)
-                rest = {k: v for k, v in headers.items() if k not in ("x-death", DUE_HEADER)}
-                rest[FAILURES_HEADER] = failures
-                await self.publish(d.message.body, delay, rest)
-        finally:
-            _CURRENT.reset(token)
-        await self._settle_delivery(d, "ack")
-        self.processed += 1
+                await message.nack(requeue=True)
+        except Exception as exc:
+            self.stale_acks += 1
+            log.info("could not settle message %s (%s)", message.message_id, exc)
+
+    async def settle(self, delivery: Delivery, decision: Decision) -> None:
+        """See :meth:`~flowcraft.distributed.BaseDistributedAdapter.settle`. A requeue (not a
+        node attempt) keeps the delivery number of the message it replaces: the broker gives
+        a dead worker's message back at once, while the node's lease still holds, and the
+        copy that outlives the lease must still be known as a redelivery."""
+        if (
+            decision.disposition is not Disposition.RETRY
+            or decision.native
+            or delivery.deliveries < 2
+        ):
+            await super().settle(delivery, decision)
+            return
+        assert decision.job is not None
+        headers = {DELIVERIES_HEADER: delivery.deliveries - 1}
+        await self.publish(decision.job.to_json().encode("utf-8"), decision.delay, headers)
+        await self.ack(delivery)
+        delivery.settled = True
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Ack the message (nothing when it was handed off already)."""
+        if not delivery.settled:
+            await self._finish(delivery.message.incoming, ack=True)
+            self.processed += 1
+
+    async def redeliver(self, delivery: Delivery, delay: float) -> None:
+        """After ``delay`` > 0: publish the message again through the delay queues with the
+        delivery count, then ack it; ``delay`` 0 (shutdown): nack it, requeued at once. A
+        handed-off delivery is left alone: its watchdog copy brings the job back."""
+        if delivery.settled:
+            return
+        message = delivery.message.incoming
+        if delay <= 0:
+            await self._finish(message, ack=False)
+            return
+        headers = {k: v for k, v in delivery.attributes.items() if k not in ("x-death", DUE_HEADER)}
+        headers[DELIVERIES_HEADER] = delivery.deliveries
+        await self.publish(message.body, delay, headers)
+        await self._finish(message, ack=True)
 
     async def _lease_alive(self, job: JobPayload) -> bool:
         key = self._lease_key(job.run_id, job.node_id, job.iteration)
         return await self._lease_held(job.run_id, key)
 
-    async def _too_many_redeliveries(self, message: AbstractIncomingMessage) -> bool:
-        mid = message.message_id or hashlib.sha1(message.body).hexdigest()
-        n = await self.coordination.increment(f"rmq-redelivered:{mid}", 24 * 3600.0)
-        return n > self.max_redeliveries
-
 
 _URL_OPTIONS: Final = {
-    "postgres": ("postgres", str),
-    "redis": ("redis", str),
-    "queue": ("queue_name", str),
-    "schema": ("schema", str),
-    "prefetch": ("prefetch", int),
-    "redis_prefix": ("redis_prefix", str),
+    "postgres": Option("postgres"),
+    "redis": Option("redis"),
+    "queue": Option("queue_name"),
+    "schema": Option("schema"),
+    "prefetch": Option("prefetch", int),
+    "redis_prefix": Option("redis_prefix"),
 }
 
 
@@ -634,30 +672,26 @@ def from_url(url: str, **kwargs: Any) -> RabbitMQAdapter:
     (URL-encode the nested URLs). Without ``postgres``/``redis`` the environment variables
     ``FLOWCRAFT_POSTGRES_URL`` / ``FLOWCRAFT_REDIS_URL`` are used, else local defaults.
     ``rabbitmq://`` is an alias of ``amqp://``; other query options go to aio-pika."""
-    parts = urlsplit(url)
-    scheme = "amqp" if parts.scheme == "rabbitmq" else parts.scheme
-    query = []
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
-        if k in _URL_OPTIONS:
-            name, conv = _URL_OPTIONS[k]
-            kwargs[name] = conv(v)
-        else:
-            query.append((k, v))
-    if "postgres" not in kwargs and os.environ.get("FLOWCRAFT_POSTGRES_URL"):
-        kwargs["postgres"] = os.environ["FLOWCRAFT_POSTGRES_URL"]
-    if "redis" not in kwargs and os.environ.get("FLOWCRAFT_REDIS_URL"):
-        kwargs["redis"] = os.environ["FLOWCRAFT_REDIS_URL"]
-    amqp_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
-    return RabbitMQAdapter(amqp_url, **kwargs)
+    u = parse_url(
+        url,
+        _URL_OPTIONS,
+        schemes={"amqp": "amqp", "amqps": "amqps", "rabbitmq": "amqp"},
+        kwargs=kwargs,
+    )
+    for name, env in (("postgres", "FLOWCRAFT_POSTGRES_URL"), ("redis", "FLOWCRAFT_REDIS_URL")):
+        if name not in u.kwargs and os.environ.get(env):
+            u.kwargs[name] = os.environ[env]
+    return RabbitMQAdapter(u.url, **u.kwargs)
 
 
 __all__ = [
+    "DELIVERIES_HEADER",
     "DUE_HEADER",
-    "FAILURES_HEADER",
     "MAX_DELAY_BUCKET_MS",
     "REASON_HEADER",
     "WATCHDOG_HEADER",
     "RabbitMQAdapter",
+    "Received",
     "delay_bucket_ms",
     "from_url",
 ]

@@ -9,6 +9,7 @@ Layout (schema ``flowcraft`` by default, created by :meth:`PostgresRunStore.migr
     runs (run_id TEXT PK, version BIGINT, status TEXT, blueprint_id TEXT,
           created_at, updated_at, finished_at TIMESTAMPTZ, result TEXT, published_at)
         partial index runs_active (updated_at, run_id) WHERE status is not final
+        (blueprint_id is no longer written: the store never decodes the engine's keys)
     ctx  (run_id TEXT, key TEXT, value TEXT, PRIMARY KEY (run_id, key))
     meta (key TEXT PK, value TEXT)                         -- schema_version
 
@@ -23,9 +24,10 @@ without NUL characters.
 A commit (:meth:`PostgresRunStore.commit`) is ONE statement: a data-modifying CTE bumps the
 run's version only if it still equals the expected one (``UPDATE runs SET version = version + 1
 WHERE run_id = $1 AND version = $2``), and the key upserts and deletes join on that CTE, so
-they happen only when the version check passed. The status column moves with the ``_fc.run``
-record, and a final status (``completed``/``failed``/``stalled``/``cancelled``) is never
-replaced by another status (compare-and-set: a late duplicate never revives a finished run).
+they happen only when the version check passed. The status column is the run's status the
+engine passes with each commit (never read from its keys), and a final status
+(``completed``/``failed``/``stalled``/``cancelled``) is never replaced by another status
+(compare-and-set: a late duplicate never revives a finished run).
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from flowcraft.context import PatchOperation
 from flowcraft.distributed.codec import decode_value, encode_value
 from flowcraft.distributed.contracts import Snapshot
 from flowcraft.distributed.results import PushSource, one_by_one
-from flowcraft.distributed.statekeys import RUN_KEY
 from flowcraft.state import FINAL_STATUSES
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -110,17 +111,6 @@ class PostgresStoreStats:
     commits: int = 0
     bytes_written: int = 0
     statements: int = 0
-
-
-def _status_of(ops: Sequence[PatchOperation]) -> tuple[str | None, str | None]:
-    """``(status, blueprint id)`` from the last ``_fc.run`` write among ``ops``."""
-    for op in reversed(ops):
-        if op.key == RUN_KEY:
-            if op.op == "set" and isinstance(op.value, Mapping):
-                bp = op.value.get("blueprintId")
-                return str(op.value.get("status", "running")), None if bp is None else str(bp)
-            return None, None
-    return None, None
 
 
 class PostgresRunStore:
@@ -198,8 +188,7 @@ class PostgresRunStore:
         )
         self._sql_commit = q(
             "WITH v AS (UPDATE {runs} SET version = version + 1, "
-            "status = COALESCE(%(status)s::text, status), "
-            "blueprint_id = COALESCE(%(bp)s::text, blueprint_id), updated_at = now(), "
+            "status = COALESCE(%(status)s::text, status), updated_at = now(), "
             "finished_at = CASE WHEN %(final)s::boolean THEN COALESCE(finished_at, now()) "
             "ELSE finished_at END "
             "WHERE run_id = %(run)s AND version = %(expected)s AND "
@@ -208,18 +197,17 @@ class PostgresRunStore:
             + writes
         )
         self._sql_create = q(
-            "WITH v AS (INSERT INTO {runs} (run_id, version, status, blueprint_id, finished_at) "
-            "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), %(bp)s::text, "
+            "WITH v AS (INSERT INTO {runs} (run_id, version, status, finished_at) "
+            "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
             "CASE WHEN %(final)s::boolean THEN now() END) "
             "ON CONFLICT (run_id) DO NOTHING RETURNING run_id)" + writes
         )
         self._sql_upsert = q(
-            "WITH v AS (INSERT INTO {runs} AS r (run_id, version, status, blueprint_id, "
-            "finished_at) VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
-            "%(bp)s::text, CASE WHEN %(final)s::boolean THEN now() END) "
+            "WITH v AS (INSERT INTO {runs} AS r (run_id, version, status, finished_at) "
+            "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
+            "CASE WHEN %(final)s::boolean THEN now() END) "
             "ON CONFLICT (run_id) DO UPDATE SET version = r.version + 1, "
-            "status = COALESCE(%(status)s::text, r.status), "
-            "blueprint_id = COALESCE(%(bp)s::text, r.blueprint_id), updated_at = now(), "
+            "status = COALESCE(%(status)s::text, r.status), updated_at = now(), "
             "finished_at = CASE WHEN %(final)s::boolean THEN COALESCE(r.finished_at, now()) "
             "ELSE r.finished_at END WHERE "
             + keep_final.replace("{t}", "r")
@@ -363,10 +351,15 @@ class PostgresRunStore:
         return (True, decode_value(rows[0][0])) if rows else (False, None)
 
     async def commit(
-        self, run_id: str, ops: Sequence[PatchOperation], expected: int | None
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int | None,
+        status: str | None = None,
     ) -> bool:
         """Apply ``ops`` in one statement; with ``expected`` only if the run's version still
-        equals it (0: only if the run does not exist yet). True when applied."""
+        equals it (0: only if the run does not exist yet). ``status`` (None: unchanged)
+        becomes the run's indexed status. True when applied."""
         last: dict[str, PatchOperation] = {}
         for op in ops:  # the last operation on a key wins, as if applied in order
             last.pop(op.key, None)
@@ -383,12 +376,10 @@ class PostgresRunStore:
                 written += len(op.key.encode("utf-8")) + len(text.encode("utf-8"))
             else:
                 dels.append(encode_key(op.key))
-        status, bp = _status_of(ops)
         params = {
             "run": run_id,
             "expected": expected,
             "status": status,
-            "bp": bp,
             "final": status in FINAL_STATUSES,
             "keys": keys,
             "vals": vals,
@@ -568,10 +559,16 @@ class PostgresRunContext:
             await self._enter_gate()
         return await self._store.load(self.run_id)
 
-    async def commit(self, ops: Sequence[PatchOperation], expected_version: int) -> bool:
-        """See DistributedContext (one statement with the version check)."""
+    async def commit(
+        self,
+        ops: Sequence[PatchOperation],
+        expected_version: int,
+        status: str | None = None,
+    ) -> bool:
+        """See DistributedContext (one statement with the version check; ``status`` is the
+        run's status after the commit, None: unchanged)."""
         try:
-            ok = await self._store.commit(self.run_id, ops, expected_version)
+            ok = await self._store.commit(self.run_id, ops, expected_version, status)
         finally:
             self._leave_gate()
         self._conflicts = 0 if ok else self._conflicts + 1
