@@ -100,7 +100,10 @@ class EngineBase(ABC):
         """How many successor nodes one delivered job may run right after its own node, in
         this worker, instead of sending them through the queue (0: never). See
         docs/distributed.md, "Inline successors"."""
+        self.final_watch_after = 0.25
+        """Seconds after which a running node starts watching for its run becoming final."""
         self.delivery_policy = delivery_policy or DeliveryPolicy()
+
         """Delivery cap and redelivery backoff (see :mod:`.delivery`)."""
         self._stopping = False
         self._stop_waiters: list[asyncio.Event] = []

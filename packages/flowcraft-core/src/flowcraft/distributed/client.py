@@ -109,8 +109,10 @@ class ClientLayer(WorkerLayer):
         )
 
     async def cancel(self, run_id: str) -> bool:
-        """Mark the run ``cancelled`` (final); running nodes are cancelled at their next
-        heartbeat and queued jobs are dropped. False when the run was already final."""
+        """Mark the run ``cancelled`` (final), as in memory: nodes that were running (a
+        worker holds their lease) become ``cancelled`` and stop within about a second (see
+        ``final_watch_after``), queued ones ``pending`` (their jobs are dropped). False when
+        the run was already final."""
         ctx = await self.create_context(run_id)
         while True:
             snap = await ctx.load()
@@ -121,6 +123,10 @@ class ClientLayer(WorkerLayer):
             if st.status in FINAL_STATUSES:
                 return False
             old = sk.engine_keys(snap.data)
+            for node_id, ns in st.nodes.items():
+                if ns.status in ("queued", "running"):
+                    key = self._lease_key(run_id, node_id, ns.iteration)
+                    ns.status = "cancelled" if await self._lease_held(run_id, key) else "pending"
             st.status = "cancelled"
             new = sk.encode(st, {**rec, "updatedAt": time.time()})
             if await ctx.commit(sk.diff(old, new), snap.version, st.status):

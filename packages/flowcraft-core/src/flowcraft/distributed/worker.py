@@ -222,6 +222,15 @@ class WorkerLayer(RecoveryLayer):
                 loop.create_task(self._heartbeat(ctx, delivery, lease.key, task, executing))
             ),
         )
+        # A node still running after a moment also watches for its run becoming final
+        # (cancelled, or failed by another branch) through the final-result source, so it
+        # stops within about a second instead of at its next heartbeat.
+        watch = loop.call_later(
+            self.final_watch_after,
+            lambda: beats.append(
+                loop.create_task(self._stop_when_final(job.run_id, task, executing))
+            ),
+        )
         try:
             await self._fault("before_execute", job)
             run.kernel.on_started(act)
@@ -257,8 +266,21 @@ class WorkerLayer(RecoveryLayer):
             )
         finally:
             due.cancel()
+            watch.cancel()
             for b in beats:
                 b.cancel()
+
+    async def _stop_when_final(
+        self, run_id: str, task: asyncio.Task[Any] | None, executing: list[bool]
+    ) -> None:
+        try:
+            await self.final_source().wait(run_id, None)
+        except Exception:
+            log.debug("final watch of %s ended", run_id, exc_info=True)
+            return
+        if task is not None and executing[0]:
+            log.info("run %s became final: stopping its running node", run_id)
+            task.cancel()
 
     async def _is_final(self, ctx: DistributedContext) -> bool:
         rec = await ctx.get(sk.RUN_KEY)

@@ -107,8 +107,16 @@ class DurableTests(SuiteBase):
                 await c.wait_until(child_id, lambda st: st.status in FINAL_STATUSES, "final")
                 gate.set()
             else:
-                await c.wait_until(rid, lambda st: st.status == "awaiting", "awaiting")
-                assert (await c.status(rid)).awaiting["sub"]["childRunId"] == child_id
+                # The parent node records that it awaits the child (the run itself stays
+                # 'running' while the child runs, as in memory).
+                for _ in range(2000):
+                    stored = (await c.client.get_result(rid)).awaiting.get("sub")
+                    if stored is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                assert stored is not None and stored["childRunId"] == child_id
+                st = await c.status(rid)
+                assert (st.status, st.node_statuses["sub"]) == ("running", "running")
                 s.probe.gate("child-go").set()
             res = await c.result(rid)
             child = await c.client.get_result(child_id)

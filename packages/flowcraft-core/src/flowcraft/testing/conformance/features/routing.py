@@ -84,12 +84,13 @@ class RoutingTests(SuiteBase):
         """A failure fails the run at once (error names the node) while another branch is
         still running; the running node is cancelled and nothing runs behind either."""
         s = sc.failures()
-        async with self.cluster(backend, s) as c:
+        async with self.cluster(backend, s, lease_seconds=30.0) as c:
             res = await c.run("fail-fast")
             assert "slow" not in s.probe.finished  # the run failed while 'slow' still ran
             assert res.status == "failed"
             assert [(e.node_id, e.message) for e in res.errors] == [("bad", "boom")]
-            await until(lambda: s.probe.cancelled == ["slow"], "'slow' to be cancelled")
+            # within a second, long before the 30 s lease's next heartbeat
+            await until(lambda: s.probe.cancelled == ["slow"], "'slow' to stop", timeout=1.0)
         final = await c.client.get_result(res.execution_id)
         assert final.status == "failed"
         assert final.node_statuses == {
