@@ -2,24 +2,23 @@
 
 Workers are started through the ``redis://`` backend URL (flowcraft-bullmq's entry point) by
 ``flowcraft.distributed.backends.run_worker``, exactly as ``flowcraft worker`` does. A
-supervisor respawns dead workers. The run must end with exactly the result of an undisturbed
-run, and every node must be committed exactly once (each node appends its id to a context
-list, so a doubled commit shows as two entries). Recovery is BullMQ's: the killed worker's job
+supervisor (:class:`~flowcraft.testing.killable.WorkerPool`) respawns dead workers. The run
+must end with exactly the result of an undisturbed run, and every node must be committed
+exactly once (each node appends its id to a context list, so a doubled commit shows as two
+entries). Recovery is BullMQ's: the killed worker's job
 lock expires and the stalled-job check hands the job to a live worker.
 """
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing as mp
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flowcraft.testing.killable import assert_exact, executions
+from flowcraft.testing.killable import WorkerPool, assert_exact, executions
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -36,18 +35,16 @@ async def _supervised_run(
     inline: int | None = None,
 ) -> tuple[Any, int]:
     """Run ``killme`` with ``workers`` supervised worker processes; returns the result and
-    how many workers died. Afterwards every live worker gets SIGTERM and must exit cleanly
-    (exit code 0) within 20 s: a graceful stop that drains and closes. ``inline`` overrides
-    the workers' ``inline_successors``."""
+    how many workers died (each by its own SIGKILL). Afterwards every live worker gets SIGTERM
+    and must exit cleanly (exit code 0) within 20 s: a graceful stop that drains and closes.
+    ``inline`` overrides the workers' ``inline_successors``."""
     url = f"{redis_url}?queue=kill&prefix={prefix}"
     if inline is not None:
         url += f"&inline={inline}"
     env = {"FC_TEST_DIR": str(tmp), **env}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=app.worker_main, args=(url,)) for _ in range(workers)]
-    deaths = 0
+    pool = WorkerPool(app.worker_main, (url,), workers)
     client = BullMQAdapter(
         redis_url,
         queue_name="kill",
@@ -55,44 +52,26 @@ async def _supervised_run(
         runtime_options={"registry": app.REGISTRY, "blueprints": [app.BLUEPRINT]},
     )
     try:
-        for p in procs:
-            p.start()
+        pool.start()
         rid = await client.start_run("killme", {})
-        stopped: list[Any] = []
-        deadline = time.monotonic() + 60
-        while True:
+
+        async def final() -> bool:
             st = await client.status(rid)
-            if st.status in ("completed", "failed", "stalled", "cancelled"):
-                break
-            assert time.monotonic() < deadline, f"run stuck: {st}"
-            for i, p in enumerate(procs):
-                if not p.is_alive():
-                    deaths += 1
-                    procs[i] = ctx.Process(target=app.worker_main, args=(url,))
-                    procs[i].start()
-            await asyncio.sleep(0.05)
+            return st.status in ("completed", "failed", "stalled", "cancelled")
+
+        await pool.supervise(final)
         result = await client.get_result(rid)
-        limit = time.monotonic() + 10
-        while not all((tmp / f"ready-{p.pid}").exists() for p in procs):
-            assert time.monotonic() < limit, "a worker never became ready"
-            await asyncio.sleep(0.02)
-        for p in procs:
-            p.terminate()  # SIGTERM: the worker stops gracefully
-            stopped.append(p)
-        for p in stopped:
-            p.join(20)
-        assert [p.exitcode for p in stopped] == [0] * len(stopped)
-        return result, deaths
+        stopped = await pool.stop(ready_dir=tmp)
+        assert stopped == [0] * len(stopped)  # every worker still alive stopped gracefully
+        assert pool.died == [-signal.SIGKILL] * pool.deaths
+        return result, pool.deaths
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+        pool.kill()
         r = client.redis
         keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=500)]
         if keys:

@@ -1,7 +1,8 @@
 """Building blocks for crash tests with real worker processes (SIGKILL), for any adapter.
 
-A test spawns worker processes that import this module; they coordinate through files in a
-directory named by ``FC_TEST_DIR`` and are configured through the environment:
+A test spawns worker processes (:class:`WorkerPool`) that import this module; they coordinate
+through files in a directory named by ``FC_TEST_DIR`` and are configured through the
+environment:
 ``FC_KILL_IN_NODE`` (that node kills its process mid-execution, once) and
 ``FC_KILL_AT_POINT`` / ``FC_KILL_POINT_NODE`` (the process kills itself when that node reaches
 that step point of :class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`, once).
@@ -13,8 +14,12 @@ context list: a node committed twice shows up twice (:func:`assert_exact`).
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import os
 import signal
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +118,95 @@ def assert_exact(result: Any) -> None:
         assert result.context[f"trail.{n}"] == [n]  # committed exactly once
 
 
+class WorkerPool:
+    """The worker processes of a crash test: ``workers`` spawned processes running
+    ``target(*args)``, respawned while the run goes on when they die, stopped at the end.
+
+    Every process that dies counts in :attr:`deaths` with its exit code in :attr:`died`,
+    including one that killed itself so shortly before the run ended that the run was already
+    final when the pool next looked: :meth:`stop` finds it dead (or still dying, its exit code
+    ``-SIGKILL``) and counts it then. A supervisor that only counted deaths while the run was
+    live would miss it and then expect a clean exit from it.
+    """
+
+    def __init__(
+        self, target: Callable[..., None], args: tuple[Any, ...] = (), workers: int = 2
+    ) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._target = target
+        self._args = args
+        self.procs: list[BaseProcess] = [self._spawn() for _ in range(workers)]
+        self.deaths = 0
+        """How many worker processes died (were not stopped by :meth:`stop`)."""
+        self.died: list[int | None] = []
+        """The exit code of each process that died (``-9``: SIGKILL)."""
+
+    def _spawn(self) -> BaseProcess:
+        return self._ctx.Process(target=self._target, args=self._args)
+
+    def start(self) -> None:
+        """Start the workers."""
+        for p in self.procs:
+            p.start()
+
+    def respawn_dead(self) -> None:
+        """Count every dead worker and start a new one in its place."""
+        for i, p in enumerate(self.procs):
+            if not p.is_alive():
+                p.join()
+                self.deaths += 1
+                self.died.append(p.exitcode)
+                self.procs[i] = self._spawn()
+                self.procs[i].start()
+
+    async def supervise(
+        self, finished: Callable[[], Awaitable[bool]], timeout: float = 60.0
+    ) -> None:
+        """Respawn dead workers every 50 ms until ``finished()`` (AssertionError after
+        ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while not await finished():
+            assert time.monotonic() < deadline, "run stuck"
+            self.respawn_dead()
+            await asyncio.sleep(0.05)
+
+    async def stop(self, ready_dir: Path | None = None, timeout: float = 20.0) -> list[int | None]:
+        """SIGTERM every worker still alive and wait for it to exit; returns their exit codes
+        (0: a graceful stop). A worker found dead, or exiting ``-SIGKILL`` (it killed itself:
+        SIGTERM never ends in SIGKILL), counts as a death instead. ``ready_dir``: first wait
+        until each live worker wrote ``ready-<pid>`` there (its SIGTERM handler is
+        installed)."""
+        live = [p for p in self.procs if p.is_alive()]
+        if ready_dir is not None:
+            limit = time.monotonic() + 10
+            while not all((ready_dir / f"ready-{p.pid}").exists() for p in live):
+                assert time.monotonic() < limit, "a worker never became ready"
+                await asyncio.sleep(0.02)
+        for p in live:
+            p.terminate()
+        stopped: list[int | None] = []
+        for p in self.procs:
+            p.join(timeout)
+            if p in live and p.exitcode != -signal.SIGKILL:
+                stopped.append(p.exitcode)
+            else:
+                self.deaths += 1
+                self.died.append(p.exitcode)
+        return stopped
+
+    def kill(self) -> None:
+        """SIGKILL every worker still alive (cleanup after a failed test)."""
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
 __all__ = [
     "BLUEPRINT",
     "EXPECTED_OUTPUTS",
     "REGISTRY",
+    "WorkerPool",
     "assert_exact",
     "executions",
     "first_time",
