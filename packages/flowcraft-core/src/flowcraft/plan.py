@@ -13,9 +13,10 @@ from typing import Any
 
 from .analysis import start_node_ids
 from .blueprint import NodeDefinition, WorkflowBlueprint
-from .builtins import BATCH_GATHER, BATCH_SCATTER, LOOP_CONTROLLER
+from .builtins import BATCH_GATHER, BATCH_SCATTER, LOOP_CONTROLLER, SUBFLOW
 from .errors import BlueprintValidationError, ExpressionError
 from .expressions import Evaluator
+from .state import ENGINE_PREFIX
 
 Compiled = Callable[[Mapping[str, Any]], Any]
 
@@ -207,6 +208,7 @@ def build_plan(bp: WorkflowBlueprint, evaluator: Evaluator) -> Plan:
                 )
         elif n.uses == BATCH_GATHER and not isinstance(n.params.get("outputKey", ""), str):
             problems.append(f"node {n.id!r}: params.outputKey must be a string")
+        problems.extend(_reserved_keys(n))
     if problems:
         raise BlueprintValidationError(bp.id, problems)
 
@@ -242,3 +244,19 @@ def build_plan(bp: WorkflowBlueprint, evaluator: Evaluator) -> Plan:
             for k, v in out_t.items()
         },
     )
+
+
+def _reserved_keys(n: NodeDefinition) -> list[str]:
+    """Problems for context keys a node's params would write under the engine's prefix."""
+    keys: list[tuple[str, Any]] = []
+    if n.uses == BATCH_GATHER:
+        keys.append(("params.outputKey", n.params.get("outputKey")))
+    outs = n.params.get("outputs") if n.uses == SUBFLOW else None
+    if isinstance(outs, Mapping):
+        keys.extend(("params.outputs key", k) for k in outs)
+    return [
+        f"node {n.id!r}: {where} {key!r} starts with {ENGINE_PREFIX!r}, which is reserved for "
+        "the engine's run state; rename it"
+        for where, key in keys
+        if isinstance(key, str) and key.startswith(ENGINE_PREFIX)
+    ]
