@@ -14,6 +14,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 
 from ....blueprint import load_blueprint
 from ....distributed.contracts import JobPayload
@@ -88,6 +90,47 @@ def _unstorable() -> sc.Scenario:
         n=nan,
         after=echo,
     )
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["bad\ud800", "\udfff", "x" * 3000])
+    | st.sets(st.integers(0, 3), max_size=2)
+    | st.complex_numbers(max_magnitude=10, allow_nan=False, allow_infinity=False)
+    | st.binary(max_size=3)
+)
+VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+"""Context values of every class: JSON ones, and ones no store can hold (sets, complex numbers,
+bytes, NaN, infinities, lone surrogates), nested."""
+KEYS = st.sampled_from(
+    ["a", "a.b", "a/b", "x:y", "{tag}", "k\u00fc", "_fc.node.n", "_fc.run", "_fc.", "k\ud800"]
+) | st.text(min_size=1, max_size=10).filter(lambda k: not k.startswith("_outputs."))
+"""Context keys: separators, a hash tag, the engine prefix, a lone surrogate, anything."""
+
+
+def _storable(key: str, value: Any) -> str | None:
+    """None when (key, value) can be stored, else the reason the node must fail with."""
+    if key.startswith("_fc."):
+        return "is reserved"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError):
+        return "cannot store context value"
+    return None
 
 
 class LivenessTests(SuiteBase):
@@ -259,3 +302,44 @@ class LivenessTests(SuiteBase):
         assert sorted(ran) == sorted(["s", *ids, "j"])
         nodes = width + 2
         assert len(faults.enqueued) <= ENQUEUE_FACTOR * nodes, (len(faults.enqueued), nodes)
+
+    @settings(
+        max_examples=3,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.differing_executors,
+        ],
+    )
+    @given(pairs=st.lists(st.tuples(KEYS, VALUES), min_size=12, max_size=12))
+    async def test_every_class_of_value_and_key_ends_the_run(
+        self, backend: Any, pairs: list[tuple[str, Any]]
+    ) -> None:
+        """A node writes a generated (key, value): storable pairs round-trip exactly (JSON
+        semantics) and the run completes; any other pair fails the node with an error that
+        names the key, and the run ends ``failed``. Never a run left ``running``."""
+        note(repr(pairs))
+
+        async def write(ctx: NodeContext) -> NodeResult:
+            key, value = pairs[ctx.input]
+            await ctx.context.set(key, value)
+            return NodeResult(None)
+
+        bp = {"id": "write", "nodes": [{"id": "n", "uses": "write", "inputs": "i"}], "edges": []}
+        s = _scenario(bp, write=write)
+        async with self.cluster(backend, s) as c:
+            ids = [await c.start_run("write", {"i": i}) for i in range(len(pairs))]
+            results = [await c.result(rid, timeout=self.scenario_timeout) for rid in ids]
+        for (key, value), res in zip(pairs, results, strict=True):
+            why = _storable(key, value)
+            if why is None:
+                assert res.status == "completed", (key, value, res.errors)
+                assert res.context[key] == json.loads(json.dumps(value))
+            else:
+                assert res.status == "failed", (key, value)
+                assert res.node_statuses == {"n": "failed"}
+                assert [e.node_id for e in res.errors] == ["n"]
+                assert why in res.errors[0].message, (key, value, res.errors[0].message)
+                assert repr(key)[1:-1] in res.errors[0].message or key in res.errors[0].message
