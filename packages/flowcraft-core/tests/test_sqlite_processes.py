@@ -7,16 +7,13 @@ node appends its id to a context list, so a doubled commit would show as two ent
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing as mp
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flowcraft.testing.killable import assert_exact, executions
+from flowcraft.testing.killable import WorkerPool, assert_exact, executions
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -35,42 +32,30 @@ async def _supervised_run(tmp: Path, env: dict[str, str], workers: int = 2) -> t
     SqliteAdapter(db).backend.close()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=app.worker_main, args=(db,)) for _ in range(workers)]
-    deaths = 0
+    pool = WorkerPool(app.worker_main, (db,), workers)
     try:
-        for p in procs:
-            p.start()
+        pool.start()
         client = SqliteAdapter(
             db, runtime_options={"registry": app.REGISTRY, "blueprints": [app.BLUEPRINT]}
         )
         rid = await client.start_run("killme", {})
-        deadline = time.monotonic() + 60
-        while True:
+
+        async def final() -> bool:
             st = await client.status(rid)
-            if st.status in ("completed", "failed", "stalled", "cancelled"):
-                break
-            assert time.monotonic() < deadline, f"run stuck: {st}"
-            for i, p in enumerate(procs):
-                if not p.is_alive():
-                    deaths += 1
-                    procs[i] = ctx.Process(target=app.worker_main, args=(db,))
-                    procs[i].start()
-            await asyncio.sleep(0.05)
+            return st.status in ("completed", "failed", "stalled", "cancelled")
+
+        await pool.supervise(final)
         result = await client.get_result(rid)
         client.backend.close()
-        return result, deaths
+        await pool.stop()  # a worker that killed itself just before the run ended counts too
+        return result, pool.deaths
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(20)
+        pool.kill()
 
 
 @pytest.mark.slow
