@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -22,7 +20,7 @@ from flowcraft import load_blueprint
 from flowcraft.distributed.adapter import BaseDistributedAdapter
 from flowcraft.testing.conformance import Cluster, until
 from flowcraft.testing.conformance import scenarios as sc
-from flowcraft.testing.killable import assert_exact, executions
+from flowcraft.testing.killable import WorkerPool, assert_exact, executions
 from flowcraft.testing.services import get_service
 from flowcraft_rabbitmq import RabbitMQAdapter
 from rabbitmq_support import RabbitBackend, rabbit
@@ -252,40 +250,29 @@ async def _supervised(rabbit: RabbitBackend, tmp: Path, env: dict[str, str]) -> 
     full_env = {**env, "FC_TEST_DIR": str(tmp), "FC_WORKER_URL": worker_url}
     old = {k: os.environ.get(k) for k in full_env}
     os.environ.update(full_env)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=app.worker_main) for _ in range(2)]
-    deaths = 0
+    pool = WorkerPool(app.worker_main)
     client = rabbit.adapter(
         runtime_options={"registry": app.REGISTRY, "blueprints": [app.BLUEPRINT]}
     )
     try:
-        for p in procs:
-            p.start()
+        pool.start()
         rid = await client.start_run("killme", {})
-        deadline = time.monotonic() + 60
-        while True:
+
+        async def final() -> bool:
             st = await client.status(rid)
-            if st.status in ("completed", "failed", "stalled", "cancelled"):
-                break
-            assert time.monotonic() < deadline, f"run stuck: {st}"
-            for i, p in enumerate(procs):
-                if not p.is_alive():
-                    deaths += 1
-                    procs[i] = ctx.Process(target=app.worker_main)
-                    procs[i].start()
-            await asyncio.sleep(0.05)
-        return await client.get_result(rid), deaths
+            return st.status in ("completed", "failed", "stalled", "cancelled")
+
+        await pool.supervise(final)
+        result = await client.get_result(rid)
+        await pool.stop()  # a worker that killed itself just before the run ended counts too
+        return result, pool.deaths
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(20)
+        pool.kill()
 
 
 @pytest.mark.slow
