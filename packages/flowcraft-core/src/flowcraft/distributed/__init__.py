@@ -35,6 +35,7 @@ from .contracts import (
     Snapshot,
 )
 from .delivery import Decision, Delivery, DeliveryPolicy, Disposition, JobHandler, RetryJob
+from .results import FinalSource, PullSource, PushSource
 from .urls import BackendURL, Option, parse_url
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "DeliveryPolicy",
     "Disposition",
     "DistributedContext",
+    "FinalSource",
     "ICoordinationStore",
     "IncrementalContext",
     "InvalidJobError",
@@ -56,6 +58,8 @@ __all__ = [
     "JobPayload",
     "Option",
     "PollingConsumer",
+    "PullSource",
+    "PushSource",
     "RetryJob",
     "RunStatus",
     "SimulatedCrash",
