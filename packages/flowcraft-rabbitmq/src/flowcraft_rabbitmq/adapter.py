@@ -517,9 +517,9 @@ class RabbitMQAdapter(BaseDistributedAdapter):
                 await ch.close()
 
     def _watchdog(self, handler: JobHandler) -> JobHandler:
-        """``handler``, except for a watchdog copy or a broker redelivery whose node lease is
-        alive (the node still runs, or its dead worker's lease has not expired yet): that
-        message is (re-)armed as a watchdog copy, not run; the delivery number stays."""
+        """``handler``, except for a watchdog copy whose node lease is alive (the node still
+        runs): it is re-armed, not run; the delivery number stays. (A broker redelivery whose
+        dead worker's lease still runs is the engine's: it requeues it as recovering.)"""
 
         async def run(job: JobPayload, delivery: Delivery | None) -> None:
             if delivery is not None:
@@ -534,8 +534,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         return run
 
     def _rearm_ms(self, delivery: Delivery) -> int:
-        """How often a watchdog copy of this delivery re-checks its node's lease (ms); 0 for
-        a first delivery of a plain job."""
+        """How often a watchdog copy re-checks its node's lease (ms); 0 for a plain job."""
         mark = delivery.attributes.get(WATCHDOG_HEADER)
         if mark is not None:
             try:
@@ -543,8 +542,6 @@ class RabbitMQAdapter(BaseDistributedAdapter):
             except ValueError:
                 every = 1
             return every if every > 1 else round(self.watchdog_interval * 1000)
-        if delivery.message.incoming.redelivered:
-            return max(round(self.lease_seconds * 500), 50)
         return 0
 
     async def _on_message(self, handler: JobHandler, message: AbstractIncomingMessage) -> None:

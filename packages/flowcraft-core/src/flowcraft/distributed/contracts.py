@@ -49,6 +49,9 @@ class JobPayload(BaseModel):
     blueprint_version: str | None = Field(default=None, alias="blueprintVersion")
     kind: JobKind = "node"
     requeues: int = Field(default=0, ge=0)
+    recover: bool | None = None
+    """Set on a requeue of a redelivered message: it keeps the recovery duty of the original
+    (re-publishing the work its node made ready, finalizing the run) across the requeue."""
 
     @property
     def job_id(self) -> str:

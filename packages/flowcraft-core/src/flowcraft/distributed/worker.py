@@ -125,25 +125,35 @@ class WorkerLayer(RecoveryLayer):
     ) -> tuple[bool, _Next | None]:
         """Load the run and act on ``job``: (whether a node was executed, the successor to run
         inline next)."""
+        # Only a redelivered message (or a requeue of one) may be the one whose worker died
+        # between its commit and the enqueue of the work it made ready; a first delivery is
+        # a duplicate, and recovering from it would multiply duplicates.
+        recovering = bool(job.recover) or delivery is None or delivery.deliveries > 1
         try:
             view = await self._view(ctx, job.run_id, lease)
         except _LeaseHeld:
-            # Someone is executing this node right now; look again after their lease. The
-            # holder's own message comes back should it die, so a copy is only a safeguard:
-            # one per lease and requeue round (other copies are dropped, so duplicates do not
-            # multiply), none once the run is final, at most the delivery cap's rounds.
+            # Someone holds the node's lease: look again after it. A redelivered message may
+            # be the holder's own, back because its worker died (some brokers hand it back
+            # at once, while the dead worker's lease still runs): it always comes back, and
+            # keeps its recovery duty (re-publishing, finalizing). Any other copy is only a
+            # safeguard: one per lease and requeue round (other copies are dropped, so
+            # duplicates do not multiply), none once the run is final.
             assert lease is not None
-            if (
-                job.requeues >= self.delivery_policy.max_deliveries
-                or await self._is_final(ctx)
-                or not await self.coordination.set_if_not_exist(
-                    f"{lease.key}:requeue:{job.requeues}", self.worker_id, self.lease_seconds
+            if job.requeues >= self.delivery_policy.max_deliveries or not (
+                recovering
+                or (
+                    not await self._is_final(ctx)
+                    and await self.coordination.set_if_not_exist(
+                        f"{lease.key}:requeue:{job.requeues}", self.worker_id, self.lease_seconds
+                    )
                 )
             ):
                 log.info("dropping job %s: node leased elsewhere", job.job_id)
                 return False, None
             raise RetryJob(
-                job.model_copy(update={"requeues": job.requeues + 1}),
+                job.model_copy(
+                    update={"requeues": job.requeues + 1, "recover": recovering or None}
+                ),
                 min(self.lease_seconds / 2 * 2**job.requeues, self.lease_seconds * 4),
                 "node is leased by another worker",
             ) from None
@@ -177,7 +187,7 @@ class WorkerLayer(RecoveryLayer):
             # The node is done. Only a redelivery of a message may be the one whose worker
             # died between the commit and the enqueue of the work it made ready; a first
             # delivery is a duplicate, and re-publishing from it would multiply duplicates.
-            if delivery is None or delivery.deliveries > 1:
+            if recovering:
                 await self._republish(plan, state, base)
             return False, None
         return True, await self._run_job(ctx, view, plan, job, act, lease, budget, delivery)

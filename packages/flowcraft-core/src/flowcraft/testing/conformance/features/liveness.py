@@ -295,6 +295,9 @@ class LivenessTests(SuiteBase):
         s = _scenario(raw, w=node, j=join)
         faults = FaultInjector(seed=7).duplicate(2)
         kwargs = self.delivered_duplicates_kwargs()
+        # A lease long enough that no node's lease runs out under commit contention on a
+        # slow store (then a node may legitimately execute twice: at-least-once execution).
+        kwargs.setdefault("lease_seconds", max(self.lease_seconds, 3.0))
         async with self.cluster(backend, s, faults=faults, **kwargs) as c:
             res = await c.run("storm")
         assert res.status == "completed"
