@@ -269,6 +269,7 @@ class WorkerLayer(RecoveryLayer):
                     ),
                     retry_delay(node.config, job.attempt),
                     f"attempt {job.attempt} failed: {outcome[1].get('message')}",
+                    native=True,
                 )
             deltas: Mapping[str, PatchOperation] = run.deltas
             return await self._commit_outcome(
