@@ -217,6 +217,23 @@ async def test_coordination_store_counters_and_conditional_writes(res: SqsResour
     assert await store.get("n") is None
 
 
+async def test_coordination_keys_longer_than_a_partition_key_work(res: SqsResources) -> None:
+    """A lease key over DynamoDB's 2 KB partition-key limit (a node id with a 5000-digit
+    index) is stored under its hash: every operation works on it, and it is not another
+    key."""
+    assert res.admin is not None
+    store = DynamoCoordinationStore(res.admin, res.table)
+    long_key = "lease:run:review[" + "9" * 5000 + "]:0"
+    assert await store.set_if_not_exist(long_key, "t1", 60) is True
+    assert await store.set_if_not_exist(long_key, "t2", 60) is False
+    assert await store.get(long_key) == "t1"
+    assert await store.get(long_key[:-1] + "1") is None
+    assert await store.extend_ttl(long_key, 60) is True
+    assert await store.increment(long_key + ":n", 60) == 1
+    assert await store.compare_and_delete(long_key, "t1") is True
+    assert await store.get(long_key) is None
+
+
 async def test_expired_items_are_absent_although_dynamodb_still_has_them(
     res: SqsResources,
 ) -> None:

@@ -89,6 +89,7 @@ MAX_VALUE_BYTES: Final = 380_000
 """Largest JSON value stored (the 400 KB item limit minus keys and attribute names)."""
 JOURNAL_PART_BYTES: Final = 350_000
 _SK_LIMIT: Final = 1024
+_PK_LIMIT: Final = 2048
 _MAX_CONFLICT_RETRIES: Final = 200
 
 
@@ -825,7 +826,10 @@ class DynamoCoordinationStore:
         self.prefix = prefix
 
     def _key(self, key: str) -> dict[str, Any]:
-        return {"pk": _s("c#" + self.prefix + key), "sk": _s("#")}
+        pk = "c#" + self.prefix + key
+        if len(pk.encode("utf-8")) > _PK_LIMIT:  # e.g. the lease of a node with a huge id
+            pk = "c#h#" + hashlib.sha256(pk.encode("utf-8")).hexdigest()
+        return {"pk": _s(pk), "sk": _s("#")}
 
     @staticmethod
     def _expiry(ttl_seconds: float) -> tuple[dict[str, str], dict[str, str]]:
