@@ -458,7 +458,8 @@ async def test_native_retries_re_time_the_message_and_requeues_keep_its_attribut
 
     async def fails(j: JobPayload, d: Delivery | None) -> None:
         seen.append((j.attempt, j.is_last_attempt))
-        raise RetryJob(j.model_copy(update={"attempt": j.attempt + 1}), 0.4, "attempt failed")
+        nxt = j.model_copy(update={"attempt": j.attempt + 1})
+        raise RetryJob(nxt, 0.4, "attempt failed", native=True)
 
     first = await _next_delivery(adapter)
     decision = await adapter.process_delivery(first, fails)
@@ -467,6 +468,7 @@ async def test_native_retries_re_time_the_message_and_requeues_keep_its_attribut
         0.4,
         job.model_copy(update={"attempt": 2, "is_last_attempt": False}),
         "attempt failed",
+        native=True,
     )
     assert isinstance(first.message, SqsMessage)
     assert (first.message.acked, first.settled) == (False, True)

@@ -462,28 +462,16 @@ class SqsAdapter(BaseDistributedAdapter):
         with self._tracked(m):
             return await super().process_delivery(delivery, handler)
 
-    def _redelivers_natively(self, delivery: Delivery, decision: Decision) -> bool:
-        """A failed non-final attempt of a native-retry job: the same message comes back."""
-        job, nxt = delivery.job, decision.job
-        if not _native(delivery) or job is None or nxt is None:
-            return False
-        return decision.native or (
-            nxt.node_id == job.node_id
-            and nxt.iteration == job.iteration
-            and nxt.kind == job.kind
-            and nxt.attempt == job.attempt + 1
-        )
-
     async def settle(self, delivery: Delivery, decision: Decision) -> None:
         """See :meth:`~flowcraft.distributed.BaseDistributedAdapter.settle`. A retry of a
-        native-retry job is SQS's: a failed attempt re-times this message (visibility = the
-        backoff) instead of sending a new one; a requeue (leased node, wrong version) is a new
-        message that keeps the native-retry attributes."""
+        native-retry job is SQS's: a failed attempt (``decision.native``) re-times this message
+        (visibility = the backoff) instead of sending a new one; a requeue (leased node, wrong
+        version) is a new message that keeps the native-retry attributes."""
         if decision.disposition is not Disposition.RETRY:
             await super().settle(delivery, decision)
             return
         assert decision.job is not None
-        if self._redelivers_natively(delivery, decision):
+        if decision.native and _native(delivery):
             await self.redeliver(delivery, decision.delay)
         else:
             await self.enqueue_job(decision.job, delay=decision.delay, options=_carried(delivery))
