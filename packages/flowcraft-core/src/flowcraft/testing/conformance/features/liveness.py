@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from ....blueprint import load_blueprint
+from ....distributed.adapter import BaseDistributedAdapter
 from ....distributed.contracts import JobPayload
+from ....distributed.delivery import DeliveryPolicy
 from ....nodes import NodeContext, NodeImplementation, NodeResult
 from .. import scenarios as sc
 from ..base import SuiteBase
@@ -246,6 +248,37 @@ class LivenessTests(SuiteBase):
             await c.client.resume(rid, output="ok", action="approve")
             res = await c.result(rid, timeout=self.scenario_timeout)
         assert res.status == "completed"
+
+    async def test_job_failing_outside_its_node_is_dead_lettered_at_the_cap(
+        self, backend: Any
+    ) -> None:
+        """A job whose handling fails every time (here: the run store is "down" for it) is
+        redelivered with backoff and dead-lettered on delivery ``max_deliveries``, naming the
+        cause; its node never runs, other runs are unaffected."""
+        s = sc.linear()
+        seen: list[int] = []
+
+        def configure(adapter: BaseDistributedAdapter) -> None:
+            def hook(point: str, job: JobPayload | None) -> None:
+                if point == "after_receive" and job is not None and job.node_id == "a":
+                    seen.append(job.attempt)
+                    raise ConnectionError("run store down")
+
+            adapter.fault_hook = hook
+
+        policy = DeliveryPolicy(max_deliveries=3, backoff=0.01, max_backoff=0.05)
+        async with self.cluster(backend, s, configure=configure, delivery_policy=policy) as c:
+            rid = await c.start_run("linear", {"start": 0})
+            await self._dead_lettered(
+                backend, "handling failed on delivery 3 (limit 3): ConnectionError: run store down"
+            )
+            await asyncio.sleep(0.2)
+            st = await c.status(rid)
+        if self.adapter_class.capabilities.dead_letter:
+            assert len(seen) == 3
+        assert st.status == "running"
+        assert st.node_statuses == {"a": "queued", "b": "pending", "c": "pending"}
+        assert s.probe.counts() == {}
 
     async def _dead_lettered(self, backend: Any, needle: str) -> None:
         if not self.adapter_class.capabilities.dead_letter:
