@@ -60,13 +60,6 @@ class TestSqliteCoordinationStore(CoordinationStoreSuite):
 class TestSqliteRunStore(RunStoreSuite):
     """Run contexts in a SQLite database, one connection per context."""
 
-    xfail_cases = {
-        "test_operations_of_one_commit_apply_in_order": (
-            "SqliteBackend.commit writes all sets, then all deletes: a delete followed by a set "
-            "of the same key in one commit loses the set"
-        ),
-    }
-
     @pytest.fixture
     def context_factory(
         self, sqlite_connections: Callable[[], SqliteBackend]

@@ -121,6 +121,7 @@ class BullMQAdapter(BaseDistributedAdapter):
 
     capabilities: ClassVar[Capabilities] = Capabilities(
         queue_native_retries=True,
+        deduplicates_jobs=True,
         delayed_delivery=True,
         multi_process=True,
         redelivery_on_crash=True,

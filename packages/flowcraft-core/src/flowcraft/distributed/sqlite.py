@@ -303,8 +303,9 @@ class SqliteBackend:
                 version = row[0] if row else 0
                 if expected is not None and version != expected:
                     return False
-                sets = [(run_id, op.key, text) for op, text in enc if op.op == "set"]
-                dels = [(run_id, op.key) for op, _ in enc if op.op == "delete"]
+                last = {op.key: (op, text) for op, text in enc}  # in order: the last op wins
+                sets = [(run_id, op.key, text) for op, text in last.values() if op.op == "set"]
+                dels = [(run_id, op.key) for op, _ in last.values() if op.op == "delete"]
                 if sets:
                     c.executemany(
                         "INSERT INTO fc_ctx (run_id, key, value) VALUES (?, ?, ?) "
