@@ -43,7 +43,7 @@ from .errors import (
 from .events import EventBus
 from .executor import Sleep, run_class, run_function
 from .expressions import Evaluator, SafeEvaluator
-from .kernel import FALLBACK, ITEM, NODE, Activation, Scope
+from .kernel import EXPLICIT_INPUT, FALLBACK, ITEM, NODE, Activation, Scope
 from .middleware import compose
 from .nodes import NodeContext, NodeImplementation, NodeResult, coerce_result, is_node_class
 from .plan import Plan, get_plan
@@ -298,6 +298,9 @@ class FlowRuntime:
         if start_input is not None:
             for a in acts:
                 a.input = start_input
+                # Recorded as delivered (as a distributed run does): a subflow start node that
+                # awaits and then fails hands it to its fallback.
+                run.state.inputs[a.node_id] = {EXPLICIT_INPUT: start_input}
         return await self._go(run, acts, signal)
 
     async def resume(
@@ -365,7 +368,7 @@ class FlowRuntime:
                 run.emit("workflow:finish", {"status": "awaiting", "errors": []})
                 await run.flush()
                 return self._result(run)
-            acts = self._complete_subflow(run, plan.nodes[node_id], child, action)
+            acts = self._complete_subflow(run, plan.nodes[node_id], child)
         else:
             if details.get("reason") == "timer" and output is None:
                 output = details.get("input")
@@ -948,20 +951,25 @@ class FlowRuntime:
         return await self.resume(bp, child_state, output=output, action=action, registry=reg)
 
     def _complete_subflow(
-        self, run: _Run, node: NodeDefinition, child: WorkflowResult, action: str | None
+        self, run: _Run, node: NodeDefinition, child: WorkflowResult
     ) -> list[Activation]:
+        """Complete subflow ``node`` from its resumed ``child`` exactly as when the child ended
+        without awaiting (and as the distributed engine does): the same error message, the
+        node's delivered input for its fallback, and no action (the resume's action routed
+        the child's resumed node, not the subflow node)."""
         if child.status != "completed":
             first = child.errors[0].message if child.errors else child.status
             rec = ErrorRecord(
-                message=f"subflow of node {node.id!r} ended {child.status}: {first}",
+                message=f"subflow {child.blueprint_id!r} of node {node.id!r} ended "
+                f"{child.status}: {first}",
                 name="FlowcraftError",
                 node_id=node.id,
                 execution_id=run.state.execution_id,
             ).to_wire()
             run.emit("node:error", {"nodeId": node.id, "error": rec})
-            return run.kernel.on_failed(node.id, rec, None)
+            return run.kernel.on_failed(node.id, rec, run.kernel.input_for(node.id))
         out = self.subflow_output(run, node, child)
-        res = NodeResult(out, action)
+        res = NodeResult(out)
         run.emit("node:finish", {"nodeId": node.id, "result": res.to_wire()})
         return self.apply_outcome(run, Activation(node.id, None), (_OK, res))
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..blueprint import NodeDefinition, WorkflowBlueprint
 from ..context import PatchOperation
 from ..errors import ErrorRecord, FlowcraftError
-from ..kernel import ITEM, NODE, Activation
+from ..kernel import ITEM, NODE, Activation, Kernel
 from ..nodes import NodeResult
 from ..state import FINAL_STATUSES, RunState
 from ..step import AWAIT, ERR, RunFrame
@@ -23,7 +23,7 @@ from .contracts import (
     JobPayload,
 )
 from .delivery import RetryJob
-from .view import SnapshotContext
+from .view import SnapshotContext, clone
 
 log = logging.getLogger("flowcraft.distributed")
 
@@ -136,7 +136,9 @@ class RecoveryLayer(CommitLayer):
             return
         plan, _ = self.runtime.prepare(bp)
         node = plan.nodes[parent["nodeId"]]
-        act = Activation(node.id, None, NODE, iteration=int(parent.get("iteration", 0)))
+        # The node's delivered input: what its fallback receives if the child failed.
+        node_input = clone(Kernel(plan, st, {}).input_for(node.id))
+        act = Activation(node.id, node_input, NODE, iteration=int(parent.get("iteration", 0)))
         if child.status != "completed":
             first = child.errors[0].message if child.errors else child.status
             rec = ErrorRecord(

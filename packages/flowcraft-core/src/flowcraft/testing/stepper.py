@@ -310,7 +310,7 @@ class Stepper:
                 st.awaiting[node_id] = {**details, "child": child.to_dict()}
                 acts = []
             else:
-                acts = self.runtime._complete_subflow(run, node, child, action)
+                acts = self.runtime._complete_subflow(run, node, child)
         else:
             if details.get("reason") == "timer" and output is _UNSET:
                 out = details.get("input")

@@ -162,9 +162,11 @@ class SuiteBase:
         faults: FaultInjector | None = None,
         client_options: Mapping[str, Any] | None = None,
         configure: Callable[[BaseDistributedAdapter], None] | None = None,
+        timeout_factor: float = 1.0,
         **adapter_kwargs: Any,
     ) -> Cluster:
-        """A :class:`Cluster` of this adapter on ``backend`` running ``scenario``'s workflows."""
+        """A :class:`Cluster` of this adapter on ``backend`` running ``scenario``'s workflows
+        (hard timeout: ``scenario_timeout * timeout_factor``, for the few large scenarios)."""
         kwargs = {
             "lease_seconds": self.lease_seconds,
             "version_requeue_delay": 0.02,
@@ -181,7 +183,7 @@ class SuiteBase:
             opts,
             workers=self.workers if workers is None else workers,
             faults=faults,
-            timeout=self.scenario_timeout,
+            timeout=self.scenario_timeout * timeout_factor,
             adapter_kwargs=kwargs,
             client_options=client_options,
             configure=configure,

@@ -231,7 +231,8 @@ class LivenessTests(SuiteBase):
             if kind == "nested-list":
                 body, needle = "[" * 200_000 + "]" * 200_000, "invalid job payload"
             elif kind == "nested-object":
-                body, needle = '{"a":' * 200_000 + "1" + "}" * 200_000, "invalid job payload"
+                # 150k deep, under 1 MiB: the largest message SQS (and others) accept
+                body, needle = '{"":' * 150_000 + "1" + "}" * 150_000, "invalid job payload"
             elif kind == "unknown-node":
                 body, needle = json.dumps({**job, "nodeId": "no-such-node"}), "no-such-node"
             elif kind == "odd-digits":
@@ -331,7 +332,7 @@ class LivenessTests(SuiteBase):
         # A lease long enough that no node's lease runs out under commit contention on a
         # slow store (then a node may legitimately execute twice: at-least-once execution).
         kwargs.setdefault("lease_seconds", max(self.lease_seconds, 3.0))
-        async with self.cluster(backend, s, faults=faults, **kwargs) as c:
+        async with self.cluster(backend, s, faults=faults, timeout_factor=3, **kwargs) as c:
             res = await c.run("storm")
         assert res.status == "completed"
         assert res.context["_outputs.j"] == width
