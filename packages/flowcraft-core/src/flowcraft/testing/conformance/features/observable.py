@@ -126,7 +126,7 @@ class ObservableTests(SuiteBase):
         s, ran = _batch()
         faults = FaultInjector(seed=3).duplicate(2)
         nums = list(range(BATCH_ITEMS))
-        kwargs = {"lease_seconds": max(self.lease_seconds, 3.0)}  # see the storm test
+        kwargs: dict[str, Any] = {"lease_seconds": max(self.lease_seconds, 3.0)}  # see storm
         kwargs.update(self.delivered_duplicates_kwargs())
         async with self.cluster(backend, s, faults=faults, **kwargs) as c:
             res = await c.run("batch", {"nums": nums})
