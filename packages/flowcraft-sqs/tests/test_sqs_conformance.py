@@ -32,6 +32,8 @@ class TestSqsConformance(AdapterConformanceSuite):
     scenario_timeout: ClassVar[float] = 60.0
     load_runs: ClassVar[int] = 10
     lease_seconds: ClassVar[float] = 3.0
+    differential_examples: ClassVar[int] = 10  # about 4 s per generated case on moto
+    differential_slow_examples: ClassVar[int] = 100
 
     @pytest.fixture
     async def backend(self, moto_url: str) -> AsyncIterator[SqsResources]:

@@ -39,13 +39,15 @@ NEEDS_SERVICES = "needs_services"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Turn run-view verification on (unless set) and register the ``needs_services`` marker."""
+    """Turn run-view verification on (unless set) and register the ``needs_services`` and
+    ``slow`` markers."""
     os.environ.setdefault(VERIFY_VIEWS_ENV, "1")
     config.addinivalue_line(
         "markers",
         f"{NEEDS_SERVICES}: the test uses a backing service (Redis, RabbitMQ, PostgreSQL, moto); "
         "added automatically to tests using redis_url, rabbitmq_url, postgres_url or moto_url",
     )
+    config.addinivalue_line("markers", "slow: long-running test, run on demand (-m slow)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

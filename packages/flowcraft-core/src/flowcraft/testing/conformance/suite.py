@@ -21,6 +21,7 @@ from .base import SuiteBase
 from .features import (
     BasicsTests,
     DeadLetterTests,
+    DifferentialTests,
     DurableTests,
     FaultTests,
     LivenessTests,
@@ -47,6 +48,7 @@ class AdapterConformanceSuite(
     ValueTests,
     LivenessTests,
     ObservableTests,
+    DifferentialTests,
     LoadTests,
 ):
     """Every conformance feature in one base class (pytest collects subclasses ``Test*``).

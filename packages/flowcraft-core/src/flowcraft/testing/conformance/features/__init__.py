@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .basics import BasicsTests
 from .dead_letters import DeadLetterTests
+from .differential import DifferentialTests
 from .durable import DurableTests
 from .faults import FaultTests
 from .liveness import LivenessTests
@@ -31,6 +32,7 @@ FEATURES: tuple[type, ...] = (
     ValueTests,
     LivenessTests,
     ObservableTests,
+    DifferentialTests,
     LoadTests,
 )
 """Every feature class, in the order :class:`AdapterConformanceSuite` composes them."""
@@ -39,6 +41,7 @@ __all__ = [
     "FEATURES",
     "BasicsTests",
     "DeadLetterTests",
+    "DifferentialTests",
     "DurableTests",
     "FaultTests",
     "LivenessTests",
