@@ -20,8 +20,10 @@ memory as much as distributed, so no oracle can compare them):
 
 * an unrecovered failure of a node that runs *concurrently* with another node: fail fast
   stops the run, and which parallel nodes had started by then is timing. A node that may
-  fail for good without a fallback is therefore comparable (ancestor or descendant) with
-  every other node of its blueprint; otherwise it gets a fallback node;
+  fail for good without a fallback is therefore comparable (ancestor or descendant; an
+  ``any`` join with several predecessors comes after none of them) with every other node of
+  its blueprint; otherwise it gets a fallback node (or, in a full blueprint, a task
+  succeeds on its last attempt);
 * a batch whose ``fail`` policy may fail it runs one item at a time (``chunkSize`` 1): with
   more items in flight, how many ran before the failure is timing;
 * an ``any`` join that is not a task (a sleep, subflow or wait would pass on or depend on the
@@ -30,6 +32,11 @@ memory as much as distributed, so no oracle can compare them):
 * a node merging a loop's downstream with a branch outside it: a ``continue`` resets every
   node reachable from the loop start, including such a merge that may already have fired
   from the other branch; and no branch leaves a loop body before its controller.
+
+Not generated for the driver's sake: a loop body is a task and, sometimes, a second task or
+a subflow whose child never fails for good (a fallback node lies outside the body, so no
+``continue`` resets it for the next iteration), and no wait sits directly in a loop body
+(``status()`` does not tell one iteration's wait from the next).
 """
 
 from __future__ import annotations
