@@ -300,8 +300,8 @@ class LivenessTests(SuiteBase):
 
     async def test_duplicate_storm_on_a_wide_fan_out_is_bounded(self, backend: Any) -> None:
         """Every enqueue delivered twice on a 100-wide fan-out: the run completes with the exact
-        result, every node runs (a few at most twice), and the engine enqueues at most ENQUEUE_FACTOR jobs per node (late
-        duplicates of finished nodes publish nothing)."""
+        result, every node runs (a few at most twice), and the engine enqueues at most
+        ENQUEUE_FACTOR jobs per node (late duplicates of finished nodes publish nothing)."""
         width = FAN_WIDTH
         ids = [f"w{i}" for i in range(width)]
         ran: list[str] = []
