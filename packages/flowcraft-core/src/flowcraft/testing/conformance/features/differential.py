@@ -282,7 +282,7 @@ def _context(ctx: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(k, canonical(ctx[k])) for k in sorted(ctx)]
 
 
-def assert_same_observation(dist: Observed, mem: Observed) -> None:
+def assert_same_observation(dist: Observed, mem: Observed, *, exact_counts: bool = True) -> None:
     """``dist`` (on the adapter) shows what ``mem`` (in memory) showed.
 
     * Timeline: the last status is the in-memory final status, and every earlier one is
@@ -296,7 +296,10 @@ def assert_same_observation(dist: Observed, mem: Observed) -> None:
       order of the context's own keys is not compared: it is the order of writes, which
       parallel branches make timing-dependent in memory as much as on a queue, so keys are
       compared sorted.
-    * Executions of node code per node.
+    * Executions of node code per node: equal; or, without ``exact_counts`` (duplicate
+      delivery), at least once and at most twice each, repeated for a few nodes only
+      (execution is at-least-once: a copy delivered after its twin's visibility ran out
+      under a contended commit runs again; its commit is dropped, so results are exact).
     """
     r, m = dist.result, mem.result
     assert dist.timeline[-1] == m.status, (dist.timeline, mem.timeline)
@@ -313,7 +316,14 @@ def assert_same_observation(dist: Observed, mem: Observed) -> None:
     ]
     assert _context(r.context) == _context(m.context)
     assert r.awaiting == m.awaiting == {}
-    assert dist.counts == mem.counts
+    if exact_counts:
+        assert dist.counts == mem.counts
+        return
+    got, want = dist.counts, mem.counts
+    assert set(got) == set(want), (got, want)
+    assert all(want[n] <= got[n] <= 2 * want[n] for n in want), (got, want)
+    repeated = [n for n in want if got[n] > want[n]]
+    assert len(repeated) <= 1 + len(want) // 20, (got, want)
 
 
 DEFAULT_EXAMPLES = 100
@@ -327,8 +337,9 @@ _DOCS = {
         sleeps, batches, loops, joins, retries, fallbacks) end as in memory, through the same
         observable timeline (see :func:`assert_same_observation`).""",
     "test_differential_under_duplicate_delivery": """The same with every enqueue delivered
-        twice: nothing observable changes, and the engine enqueues at most ENQUEUE_FACTOR
-        times per distinct job.""",
+        twice: the same timeline, statuses, context and errors; every node executed (a few at
+        most twice: execution is at-least-once, commits exactly once), and the engine
+        enqueues at most ENQUEUE_FACTOR times per distinct job.""",
     "test_differential_slow_sweep": """The ``slow`` sweep: ``differential_slow_examples``
         generated cases; runs only on demand (``pytest -m slow`` or ``FLOWCRAFT_SLOW=1``).""",
 }
@@ -432,8 +443,9 @@ class DifferentialTests(SuiteBase):
         self, backend: Any, case: Case, *, duplicates: bool = False
     ) -> tuple[Observed, Observed]:
         """Run ``case`` in memory and on the adapter (with every enqueue delivered twice when
-        ``duplicates``, then at most :data:`ENQUEUE_FACTOR` enqueues per distinct job), check
-        that a client observes the same (:func:`assert_same_observation`); returns the
+        ``duplicates``, then at most :data:`ENQUEUE_FACTOR` enqueues per distinct job and
+        executions at least once), check that a client observes the same
+        (:func:`assert_same_observation`); returns the
         observations ``(distributed, in memory)``."""
         mem = await run_in_memory(case)
         s = case.scenario()
@@ -442,7 +454,7 @@ class DifferentialTests(SuiteBase):
         async with self.cluster(backend, s, faults=faults, **kwargs) as c:
             dist = await run_distributed(c, case, s.probe)
         _note(f"memory timeline {mem.timeline}, distributed {dist.timeline}")
-        assert_same_observation(dist, mem)
+        assert_same_observation(dist, mem, exact_counts=not duplicates)
         rid = dist.result.execution_id
         mine = [
             e.job
