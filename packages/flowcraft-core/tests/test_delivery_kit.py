@@ -182,3 +182,38 @@ def test_job_node_ids_of_batch_items() -> None:
     assert _split_job_node("scatter[\u00b2]", nodes) == ("scatter[\u00b2]", -1)
     assert _split_job_node("scatter[" + "9" * 5000 + "]", nodes)[1] == -1
     assert _split_job_node("ghost[1]", nodes) == ("ghost[1]", -1)
+
+
+async def test_a_safeguard_copy_is_sent_on_once_per_attempt_and_round() -> None:
+    """A copy of a job that finds its node leased is requeued (in case the holder dies) once
+    per attempt and requeue round. A marker left by copies of a failed attempt must not drop
+    the retry's job when it meets a stale copy holding the lease for a moment: nobody would
+    run the node (a CI hang)."""
+    from flowcraft import load_blueprint
+    from flowcraft.distributed.leases import _Lease, lease_key
+
+    bp = load_blueprint({"id": "one", "nodes": [{"id": "n", "uses": "n"}]})
+
+    async def n(ctx: Any) -> Any:
+        return None
+
+    broker = MemoryBroker()
+    a = InMemoryAdapter(broker, runtime_options={"registry": {"n": n}, "blueprints": [bp]})
+    rid = await a.start_run("one")
+    ctx = await a.create_context(rid)
+    job = JobPayload(run_id=rid, blueprint_id="one", node_id="n")
+    key = lease_key(rid, "n", 0)
+    assert await broker.coordination.set_if_not_exist(key, "holder", 30)
+
+    async def sends_on(recovering: bool = False, deliveries: int = 1, **update: int) -> bool:
+        j = job.model_copy(update=update)
+        d = Delivery(j.to_json(), None, deliveries)
+        return await a._sends_on_copy(ctx, j, _Lease(key, "me"), recovering, d)
+
+    assert [await sends_on(), await sends_on()] == [True, False]  # one per round
+    assert [await sends_on(requeues=1), await sends_on(requeues=1)] == [True, False]
+    assert [await sends_on(attempt=2), await sends_on(attempt=2)] == [True, False]
+    # recovering copies: one per round too (they once doubled every round: 26,000 jobs),
+    # and a message redelivered once more still goes on
+    assert [await sends_on(True, 2), await sends_on(True, 2)] == [True, False]
+    assert await sends_on(True, 3) is True

@@ -35,22 +35,9 @@ from flowcraft.history import (
 )
 from flowcraft.testing import EventRecorder
 
-PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=2"
-
-
-def _postgres_available() -> bool:
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    try:
-        with psycopg.connect(PG_DSN):
-            return True
-    except Exception:
-        return False
-
-
-PG = _postgres_available()
+PG = pytest.param("postgres", marks=pytest.mark.needs_services)
+"""The PostgreSQL variant: its server comes from the plugin's ``postgres_url`` fixture (an env
+URL, testcontainers or a throwaway local server; a failure, never a skip, under CI)."""
 
 
 def ev(
@@ -66,7 +53,7 @@ async def put(store: EventStore, *events: FlowcraftEvent) -> None:
         await store.store(e)
 
 
-@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file", "postgres"])
+@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file", PG])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
     """Each store implementation, empty."""
     kind = request.param
@@ -79,9 +66,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         with SqliteEventStore(tmp_path / "events.sqlite") as s:
             yield s
     else:
-        if not PG:
-            pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-        pg = PostgresEventStore(PG_DSN, table=f"fc_test_{uuid.uuid4().hex[:12]}")
+        dsn = request.getfixturevalue("postgres_url")
+        pg = PostgresEventStore(dsn, table=f"fc_test_{uuid.uuid4().hex[:12]}")
         try:
             yield pg
         finally:
@@ -279,20 +265,20 @@ async def test_subflow_children_are_stored_under_their_own_id(store: EventStore)
 # -- encoding, table names, SQLite specifics ---------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", PG])
 async def test_unserializable_payload_values_are_degraded_not_lost(
-    kind: str, tmp_path: Path
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     class Thing:
         def __repr__(self) -> str:
             return "<thing>"
 
-    if kind == "postgres" and not PG:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
     s: Any = (
         SqliteEventStore(tmp_path / "e.sqlite")
         if kind == "sqlite"
-        else PostgresEventStore(PG_DSN, table=f"fc_test_{uuid.uuid4().hex[:12]}")
+        else PostgresEventStore(
+            request.getfixturevalue("postgres_url"), table=f"fc_test_{uuid.uuid4().hex[:12]}"
+        )
     )
     try:
         await s.store(
@@ -361,7 +347,7 @@ def test_invalid_table_names_are_refused(name: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="invalid table name"):
         SqliteEventStore(tmp_path / "x.sqlite", table=name)
     with pytest.raises(ValueError, match="invalid table name"):
-        PostgresEventStore(PG_DSN, table=name)
+        PostgresEventStore("host=127.0.0.1 dbname=unused", table=name)  # refused before connecting
     assert not (tmp_path / "x.sqlite").exists()
 
 

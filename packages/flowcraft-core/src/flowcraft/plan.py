@@ -13,7 +13,7 @@ from typing import Any
 
 from .analysis import start_node_ids
 from .blueprint import NodeDefinition, WorkflowBlueprint
-from .builtins import BATCH_GATHER, BATCH_SCATTER, LOOP_CONTROLLER, SUBFLOW
+from .builtins import BATCH_GATHER, BATCH_SCATTER, LOOP_CONTROLLER, SUBFLOW, WEBHOOK
 from .errors import BlueprintValidationError, ExpressionError
 from .expressions import Evaluator
 from .state import ENGINE_PREFIX
@@ -208,6 +208,10 @@ def build_plan(bp: WorkflowBlueprint, evaluator: Evaluator) -> Plan:
                 )
         elif n.uses == BATCH_GATHER and not isinstance(n.params.get("outputKey", ""), str):
             problems.append(f"node {n.id!r}: params.outputKey must be a string")
+        elif n.uses == WEBHOOK:
+            from .webhooks import check_params
+
+            problems.extend(check_params(n))
         problems.extend(_reserved_keys(n))
     if problems:
         raise BlueprintValidationError(bp.id, problems)

@@ -28,6 +28,7 @@ from .builtins import (
     SLEEP,
     SUBFLOW,
     WAIT,
+    WEBHOOK,
     parse_duration,
 )
 from .context import InMemoryContext, PatchOperation, TrackedContext
@@ -62,6 +63,7 @@ from .step import OK as _OK
 from .step import SCATTER as _SCATTER
 from .step import RunFrame as _Run
 from .step import Serve, ServedOutcome
+from .webhooks import rearmed, timed_out, timeout_record, webhook_details
 
 if TYPE_CHECKING:
     from .scheduler import TimerStore
@@ -354,7 +356,7 @@ class FlowRuntime:
         )
         run.plain = self.event_bus is None and not self.middleware
         details = awaiting[node_id]
-        if self.timer_store is not None and details.get("reason") == "timer":
+        if self.timer_store is not None and details.get("reason") in ("timer", "webhook"):
             # Resumed by hand (or by the scheduler, which already claimed it): a stale timer
             # would resume this snapshot again later and run the downstream nodes twice.
             await self.timer_store.remove(st.execution_id, node_id)
@@ -369,6 +371,20 @@ class FlowRuntime:
                 await run.flush()
                 return self._result(run)
             acts = self._complete_subflow(run, plan.nodes[node_id], child)
+        elif details.get("reason") == "webhook" and output is None and timed_out(details):
+            # The scheduler's timeout timer (or a late resume without a delivery): the node
+            # waits again on a new endpoint while maxRetries allows, then fails with
+            # WebhookTimeoutError and its fallback runs.
+            again = rearmed(st.execution_id, plan.nodes[node_id], details)
+            if again is not None:
+                self.apply_outcome(run, Activation(node_id, details.get("input")), (_AWAIT, again))
+                acts = []
+            else:
+                rec = timeout_record(node_id, st.execution_id, details)
+                run.emit("node:error", {"nodeId": node_id, "error": rec})
+                acts = self.apply_outcome(
+                    run, Activation(node_id, details.get("input")), (_ERR, rec)
+                )
         else:
             if details.get("reason") == "timer" and output is None:
                 output = details.get("input")
@@ -829,6 +845,8 @@ class FlowRuntime:
         uses = node.uses
         if uses == WAIT:
             return (_AWAIT, {"reason": "external_event", "eventName": node.params.get("eventName")})
+        if uses == WEBHOOK:
+            return (_AWAIT, webhook_details(run.state.execution_id, node, node_input))
         if uses == SLEEP:
             ms = parse_duration(node.params.get("duration"))
             if ms <= 0:
@@ -1005,13 +1023,17 @@ class FlowRuntime:
 
         assert self.timer_store is not None
         for node_id, d in result.awaiting.items():
-            if d.get("reason") == "timer":
+            # A sleep wakes at wakeUpAt; a webhook with a timeout fails at timeoutAt.
+            at = d.get("wakeUpAt") if d.get("reason") == "timer" else None
+            if d.get("reason") == "webhook":
+                at = d.get("timeoutAt")
+            if at:
                 await self.timer_store.add(
                     Timer(
                         execution_id=result.execution_id,
                         blueprint_id=result.blueprint_id,
                         node_id=node_id,
-                        wake_at=datetime.fromisoformat(d["wakeUpAt"]).timestamp(),
+                        wake_at=datetime.fromisoformat(at).timestamp(),
                         state=result.to_dict(),
                     )
                 )

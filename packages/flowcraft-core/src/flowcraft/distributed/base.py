@@ -18,7 +18,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +27,7 @@ from ..errors import ErrorRecord
 from ..events import EventBus, FlowcraftEvent
 from ..runtime import FlowRuntime, WorkflowResult
 from ..state import FINAL_STATUSES, RunState, WorkflowStatus
+from . import keepalive
 from . import statekeys as sk
 from .contracts import (
     Capabilities,
@@ -107,6 +108,7 @@ class EngineBase(ABC):
         """Delivery cap and redelivery backoff (see :mod:`.delivery`)."""
         self._stopping = False
         self._stop_waiters: list[asyncio.Event] = []
+        self._keeper = keepalive.DeliveryKeeper(self.extend_deliveries)
 
     @abstractmethod
     async def create_context(self, run_id: str) -> DistributedContext:
@@ -144,8 +146,29 @@ class EngineBase(ABC):
 
     async def extend_delivery(self, delivery: Delivery) -> None:
         """Heartbeat hook: keep the message ``delivery`` invisible to other workers while its
-        nodes run (called every third of ``lease_seconds``). Default: nothing (brokers whose
-        lease outlives the job, or that renew it themselves)."""
+        nodes run (called every third of ``lease_seconds``). Default: with a
+        :meth:`delivery_lease_seconds`, :meth:`extend_deliveries` once a third of that lease
+        has passed; else nothing (brokers whose lease outlives the job, or that renew it
+        themselves)."""
+        await keepalive.heartbeat(delivery, self.delivery_lease_seconds(), self.extend_deliveries)
+
+    def delivery_lease_seconds(self) -> float | None:
+        """Seconds a received message stays hidden before the broker hands it to another
+        worker (a visibility timeout, an ack deadline); None (default) when the lease lasts as
+        long as the handling (a consumer's connection, a broker that renews it). With a lease,
+        the engine keeps every message it handles hidden: the heartbeat extends it while a
+        node runs, and a keeper task (:mod:`.keepalive`) extends, in one
+        :meth:`extend_deliveries` call, every message held for half its lease."""
+        return None
+
+    async def extend_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Extend the lease of these messages by :meth:`delivery_lease_seconds` (one batched
+        call where the broker allows; a message acked or redelivered meanwhile is skipped or
+        its error logged, never raised). Adapters with a lease implement this."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares delivery_lease_seconds() but does not implement "
+            "extend_deliveries(deliveries)"
+        )
 
     async def list_active_runs(
         self, cursor: str | None = None, limit: int = 100

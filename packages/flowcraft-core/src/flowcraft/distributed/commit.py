@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import InMemoryContext, PatchOperation, apply_ops
-from ..errors import ErrorRecord, FlowcraftError
+from ..errors import ErrorRecord, FlowcraftError, ResumeError
 from ..kernel import ITEM, Activation, Kernel
 from ..nodes import NodeResult
 from ..plan import Plan
@@ -34,6 +34,10 @@ from .view import Changes, RunView
 log = logging.getLogger("flowcraft.distributed")
 
 _OUTCOME_RESUME = 10
+_OUTCOME_EXPIRE = 11
+"""An awaiting node (a webhook past its timeout) fails with the error record it carries."""
+_OUTCOME_REARM = 12
+"""An awaiting webhook past its timeout waits again, on the new details it carries."""
 
 _MAX_CAS = 1000
 
@@ -157,6 +161,15 @@ class CommitLayer(JobsLayer):
         if entry.error is not None:
             raise entry.error
         if not entry.committed:
+            if outcome[0] == _OUTCOME_RESUME and job is None and not child:
+                # A client's resume that lost to another (two webhook deliveries at once):
+                # as in memory, resuming a node that no longer awaits is an error.
+                raise ResumeError(
+                    f"node {act.node_id!r} of run {view.state.execution_id!r} is no longer "
+                    "awaiting (resumed or finished meanwhile)",
+                    node_id=act.node_id,
+                    execution_id=view.state.execution_id,
+                )
             return None  # another delivery committed it first: exactly-once commit
         await self._fault("after_commit", job)
         nxt, got, acts = entry.nxt, entry.got, entry.acts
@@ -171,7 +184,10 @@ class CommitLayer(JobsLayer):
         state = entry.state
         assert state is not None
         await self._enqueue_activations(plan, state, acts, job)
-        if outcome[0] == AWAIT and outcome[1].get("reason") == "timer":
+        if outcome[0] in (AWAIT, _OUTCOME_REARM) and outcome[1].get("reason") in (
+            "timer",
+            "webhook",
+        ):
             await self._schedule_timer(plan, state, act.node_id)
         if entry.final:
             await self._finalize(ctx, state, entry.rec)
@@ -315,6 +331,13 @@ class CommitLayer(JobsLayer):
                 if e.outcome[0] == _OUTCOME_RESUME:
                     res: NodeResult = e.outcome[1]
                     e.acts = kernel.resume(e.act.node_id, res.output, res.action)
+                elif e.outcome[0] == _OUTCOME_REARM:
+                    kernel.on_awaiting(e.act.node_id, e.outcome[1])
+                    e.acts = []
+                elif e.outcome[0] == _OUTCOME_EXPIRE:
+                    d = new.awaiting.pop(e.act.node_id, {})
+                    failing = Activation(e.act.node_id, d.get("input"), iteration=e.act.iteration)
+                    e.acts = rt.apply_outcome(run, failing, (ERR, e.outcome[1]))
                 else:
                     e.acts = rt.apply_outcome(run, e.act, e.outcome)
             except Exception as exc:
@@ -440,7 +463,7 @@ class CommitLayer(JobsLayer):
             return False
         if child:
             return ns.status in ("queued", "running", "awaiting")
-        if outcome[0] == _OUTCOME_RESUME:
+        if outcome[0] in (_OUTCOME_RESUME, _OUTCOME_EXPIRE, _OUTCOME_REARM):
             return ns.status == "awaiting"
         if act.kind == ITEM:
             bs = state.batches.get(act.node_id)

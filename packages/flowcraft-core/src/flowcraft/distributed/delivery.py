@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,9 @@ class Delivery:
     """The parsed payload, once :func:`decide` parsed it."""
     attributes: dict[str, Any] = field(default_factory=dict)
     """Adapter-specific metadata (headers, message attributes)."""
+    extended_at: float = field(default_factory=time.monotonic)
+    """When the message's lease was last set (received or extended; ``time.monotonic()``),
+    for adapters with a ``delivery_lease_seconds`` (see :mod:`.keepalive`)."""
 
 
 JobHandler = Callable[[JobPayload, "Delivery | None"], Awaitable[None]]

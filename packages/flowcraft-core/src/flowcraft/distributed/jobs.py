@@ -82,9 +82,15 @@ class JobsLayer(LeaseLayer):
 
     async def _schedule_timer(self, plan: Plan, state: RunState, node_id: str) -> None:
         d = state.awaiting.get(node_id)
-        if d is None or d.get("reason") != "timer":
+        if d is None:
             return
-        wake = datetime.fromisoformat(d["wakeUpAt"]).timestamp()
+        # A sleep wakes at wakeUpAt; a webhook with a timeout fails at timeoutAt.
+        at = d.get("wakeUpAt") if d.get("reason") == "timer" else None
+        if d.get("reason") == "webhook":
+            at = d.get("timeoutAt")
+        if not at:
+            return
+        wake = datetime.fromisoformat(at).timestamp()
         job = JobPayload(
             run_id=state.execution_id,
             blueprint_id=plan.blueprint.id,

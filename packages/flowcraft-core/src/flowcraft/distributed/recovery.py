@@ -100,9 +100,9 @@ class RecoveryLayer(CommitLayer):
             return
         age = time.time() - float(rec.get("updatedAt") or 0.0)
         if age < self.lease_seconds:
-            if job is not None:
+            if job is not None:  # the copy now carries the duty to finalize: ``recover``
                 raise RetryJob(
-                    job.model_copy(update={"requeues": job.requeues + 1}),
+                    job.model_copy(update={"requeues": job.requeues + 1, "recover": True}),
                     self.lease_seconds - age + 0.01,
                     "run is final; its result may still be being published",
                 )

@@ -21,8 +21,9 @@ from ..nodes import NodeResult
 from ..plan import Plan
 from ..state import FINAL_STATUSES
 from ..step import ERR, RunFrame
+from ..webhooks import rearmed, timeout_record
 from . import statekeys as sk
-from .commit import _OUTCOME_RESUME, _Next
+from .commit import _OUTCOME_EXPIRE, _OUTCOME_REARM, _OUTCOME_RESUME, _Next
 from .contracts import (
     DistributedContext,
     InvalidJobError,
@@ -132,21 +133,10 @@ class WorkerLayer(RecoveryLayer):
         try:
             view = await self._view(ctx, job.run_id, lease)
         except _LeaseHeld:
-            # Someone holds the node's lease: look again after it. A redelivered message may
-            # be the holder's own, back because its worker died (some brokers hand it back
-            # at once, while the dead worker's lease still runs): it always comes back, and
-            # keeps its recovery duty (re-publishing, finalizing). Any other copy is only a
-            # safeguard: one per lease and requeue round (other copies are dropped, so
-            # duplicates do not multiply), none once the run is final.
+            # Someone holds the node's lease: look again after it (see _sends_on_copy).
             assert lease is not None
             if job.requeues >= self.delivery_policy.max_deliveries or not (
-                recovering
-                or (
-                    not await self._is_final(ctx)
-                    and await self.coordination.set_if_not_exist(
-                        f"{lease.key}:requeue:{job.requeues}", self.worker_id, self.lease_seconds
-                    )
-                )
+                await self._sends_on_copy(ctx, job, lease, recovering, delivery)
             ):
                 log.info("dropping job %s: node leased elsewhere", job.job_id)
                 return False, None
@@ -191,6 +181,41 @@ class WorkerLayer(RecoveryLayer):
                 await self._republish(plan, state, base)
             return False, None
         return True, await self._run_job(ctx, view, plan, job, act, lease, budget, delivery)
+
+    async def _sends_on_copy(
+        self,
+        ctx: DistributedContext,
+        job: JobPayload,
+        lease: _Lease,
+        recovering: bool,
+        delivery: Delivery | None,
+    ) -> bool:
+        """Whether this copy of ``job``, which found its node leased by another delivery, is
+        requeued to look again after the lease. One copy per attempt and requeue round goes
+        on; the others are dropped, so duplicates do not multiply (copies that each requeued
+        would double every round).
+
+        A plain copy is only a safeguard in case the holder dies: none once the run is final.
+        A recovering copy (a redelivered message, or a requeue of one) may be the holder's
+        own, back because its worker died (some brokers hand it back at once, while the dead
+        worker's lease still runs), and keeps its recovery duty (re-publishing, finalizing):
+        it goes on also when the run is final, one per round and delivery count, so a
+        message redelivered once more (its worker died after taking the marker) still goes
+        on. The marker names the attempt: a retry's job meeting a stale copy of the failed
+        attempt that holds the lease for a moment must not be dropped for that attempt's
+        marker, or nobody runs it. It outlives the longest requeue delay (four leases), so
+        copies of one round that reach workers far apart still send on only one."""
+        if recovering:
+            tag = f"r{delivery.deliveries if delivery is not None else 0}"
+        elif await self._is_final(ctx):
+            return False
+        else:
+            tag = "c"
+        return await self.coordination.set_if_not_exist(
+            f"{lease.key}:requeue:{job.attempt}:{job.requeues}:{tag}",
+            self.worker_id,
+            self.lease_seconds * 5,
+        )
 
     async def _run_job(
         self,
@@ -335,14 +360,28 @@ class WorkerLayer(RecoveryLayer):
         state = view.state
         ns = state.nodes.get(job.node_id)
         d = state.awaiting.get(job.node_id)
-        if ns is None or d is None or d.get("reason") != "timer" or ns.iteration != job.iteration:
+        if ns is None or d is None or ns.iteration != job.iteration:
             return
-        remaining = datetime.fromisoformat(d["wakeUpAt"]).timestamp() - time.time()
+        reason = d.get("reason")
+        at = d.get("wakeUpAt") if reason == "timer" else None
+        if reason == "webhook":
+            at = d.get("timeoutAt")
+        if not at:
+            return
+        remaining = datetime.fromisoformat(at).timestamp() - time.time()
         if remaining > 0.001:
             cap = self.capabilities.max_delay_seconds
             await self.enqueue_job(job, delay=min(remaining, cap) if cap else remaining)
             return
         act = Activation(job.node_id, None, NODE, iteration=ns.iteration)
+        if reason == "webhook":  # no delivery before its timeout: wait again, or fail
+            again = rearmed(state.execution_id, plan.nodes[job.node_id], d)
+            if again is not None:
+                await self._commit_outcome(ctx, view, plan, act, (_OUTCOME_REARM, again), {}, job)
+                return
+            rec = timeout_record(job.node_id, state.execution_id, d)
+            await self._commit_outcome(ctx, view, plan, act, (_OUTCOME_EXPIRE, rec), {}, job)
+            return
         out = NodeResult(d.get("input"), None)
         await self._commit_outcome(ctx, view, plan, act, (_OUTCOME_RESUME, out), {}, job)
 
@@ -356,10 +395,15 @@ class WorkerLayer(RecoveryLayer):
         self, delivery: Delivery, handler: JobHandler | None = None
     ) -> Decision:
         """Handle one received message end to end: decide (:func:`~flowcraft.distributed.
-        delivery.decide`) and :meth:`settle`. Returns the decision. On shutdown mid-job the
-        message is given back and the cancellation propagates."""
-        decision = await decide(self, delivery, handler)
-        await self.settle(delivery, decision)
+        delivery.decide`) and :meth:`settle`, keeping it hidden meanwhile when the adapter
+        has a :meth:`delivery_lease_seconds` (:mod:`.keepalive`). Returns the decision. On
+        shutdown mid-job the message is given back and the cancellation propagates."""
+        t0 = time.perf_counter() if log.isEnabledFor(logging.INFO) else 0.0
+        with self._keeper.tracking(delivery, self.delivery_lease_seconds()):
+            decision = await decide(self, delivery, handler)
+            await self.settle(delivery, decision)
+        if t0:
+            _log_job(delivery, decision, time.perf_counter() - t0)
         if decision.disposition is Disposition.ABANDON:
             raise asyncio.CancelledError()
         return decision
@@ -403,3 +447,24 @@ class WorkerLayer(RecoveryLayer):
         raise NotImplementedError(
             f"{type(self).__name__} must implement dead_letter(delivery, reason)"
         )
+
+
+def _log_job(delivery: Delivery, decision: Decision, seconds: float) -> None:
+    """One INFO line per handled message (``flowcraft worker -v``): run, node, attempt,
+    outcome and duration."""
+    try:
+        job = JobPayload.parse(delivery.body)
+    except Exception:
+        log.info("message: %s (%s)", decision.disposition.name.lower(), decision.reason)
+        return
+    outcome = decision.disposition.name.lower()
+    if decision.reason:
+        outcome += f" ({decision.reason})"
+    log.info(
+        "job run=%s node=%s attempt=%d: %s in %.1f ms",
+        job.run_id,
+        job.node_id,
+        job.attempt,
+        outcome,
+        seconds * 1000,
+    )
