@@ -855,3 +855,32 @@ def test_stepper_rejects_invalid_blueprints() -> None:
     )
     with pytest.raises(BlueprintValidationError, match="edge 'a' -> 'b' condition"):
         Stepper(FlowRuntime(registry={"one": one}), expr)
+
+
+def _job(node: str, requeues: int = 0, recover: bool | None = None) -> Any:
+    from flowcraft.distributed import JobPayload
+
+    return JobPayload(
+        run_id="r", blueprint_id="b", node_id=node, requeues=requeues, recover=recover
+    )
+
+
+def test_requeue_check_accepts_one_copy_per_round_and_redelivered_copies() -> None:
+    from flowcraft.testing.conformance.helpers import assert_requeues_do_not_multiply
+
+    jobs = [_job("a"), _job("a", 1), _job("a", 2), _job("b"), _job("b", 1)]
+    jobs += [_job("a", 1, recover=True), _job("a", 1, recover=True)]  # a broker's redeliveries
+    assert_requeues_do_not_multiply(jobs, max_rounds=2)
+
+
+def test_requeue_check_fails_on_a_multiplied_round_or_too_many_rounds() -> None:
+    from flowcraft.testing.conformance.helpers import assert_requeues_do_not_multiply
+
+    with pytest.raises(AssertionError, match=r"before\): \[\('r:a:0:1:node', 2, 2, 1\)\]"):
+        assert_requeues_do_not_multiply([_job("a"), _job("a", 1), _job("a", 2), _job("a", 2)], 5)
+    with pytest.raises(AssertionError, match=r"past 2 rounds: \[\('r:a:0:1:node', 3\)\]"):
+        assert_requeues_do_not_multiply([_job("a", r) for r in (0, 1, 2, 3)], 2)
+    # a job republished by a redelivered message starts a second chain
+    assert_requeues_do_not_multiply([_job("w"), _job("w", 1), _job("w"), _job("w", 1)], 5)
+    with pytest.raises(AssertionError, match=r"own enqueues per job: \{'r:a:0:1:node': 4\}"):
+        assert_requeues_do_not_multiply([_job("a")] * 4, 5)

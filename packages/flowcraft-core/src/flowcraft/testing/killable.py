@@ -5,7 +5,9 @@ through files in a directory named by ``FC_TEST_DIR`` and are configured through
 environment:
 ``FC_KILL_IN_NODE`` (that node kills its process mid-execution, once) and
 ``FC_KILL_AT_POINT`` / ``FC_KILL_POINT_NODE`` (the process kills itself when that node reaches
-that step point of :class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`, once).
+that step point of :class:`~flowcraft.distributed.adapter.BaseDistributedAdapter`, once),
+``FC_STEP_DELAY`` (seconds each node sleeps, so a storm's kills land while nodes run).
+:func:`sigkill_storm` drives a storm: many runs, a worker SIGKILLed at random intervals.
 
 :data:`BLUEPRINT` is ``a -> b, c -> d -> e`` run by :func:`step`, which appends its id to a
 context list: a node committed twice shows up twice (:func:`assert_exact`).
@@ -16,15 +18,20 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..blueprint import load_blueprint
 from ..nodes import NodeContext, NodeResult
+
+if TYPE_CHECKING:
+    from ..distributed.adapter import BaseDistributedAdapter
+    from ..runtime import WorkflowResult
 
 EXPECTED_OUTPUTS = {"a": 1, "b": 2, "c": 2, "d": 5, "e": 6}
 """The outputs of an undisturbed run of :data:`BLUEPRINT`."""
@@ -56,6 +63,7 @@ async def step(ctx: NodeContext) -> NodeResult:
     if os.environ.get("FC_KILL_IN_NODE") == ctx.node_id and first_time("node"):
         await asyncio.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
+    await asyncio.sleep(float(os.environ.get("FC_STEP_DELAY", "0")))
     trail = list(await ctx.context.get(f"trail.{ctx.node_id}", []))
     trail.append(ctx.node_id)
     await ctx.context.set(f"trail.{ctx.node_id}", trail)
@@ -202,6 +210,78 @@ class WorkerPool:
                 p.join(5)
 
 
+_FINAL = ("completed", "failed", "stalled", "cancelled")
+
+
+def _busy_pids() -> set[int]:
+    """Worker pids with a node started and not ended (from the executions log)."""
+    open_: dict[int, int] = {}
+    try:
+        lines = (_dir() / "executions.log").read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    for ln in lines:
+        try:
+            _, what, pid = ln.split()
+            n = int(pid)
+        except ValueError:
+            continue  # a line being written right now
+        open_[n] = open_.get(n, 0) + (1 if what == "start" else -1)
+    return {pid for pid, n in open_.items() if n > 0}
+
+
+async def _busy_worker(pool: WorkerPool, rng: random.Random, wait: float = 2.0) -> int | None:
+    """A live worker that is running a node right now (so the kill interrupts one), waiting up
+    to ``wait`` s for one; else any live worker; None when none is alive."""
+    until = time.monotonic() + wait
+    while True:
+        live = {p.pid for p in pool.procs if p.is_alive() and p.pid is not None}
+        busy = sorted(live & _busy_pids())
+        if busy:
+            return rng.choice(busy)
+        if time.monotonic() >= until:
+            return rng.choice(sorted(live)) if live else None
+        await asyncio.sleep(0.02)
+
+
+async def sigkill_storm(
+    pool: WorkerPool,
+    client: BaseDistributedAdapter,
+    *,
+    runs: int = 20,
+    kills: int = 10,
+    every: tuple[float, float] = (0.15, 0.45),
+    seed: int = 0,
+    timeout: float = 180.0,
+) -> list[WorkflowResult]:
+    """A SIGKILL storm: start ``runs`` runs of :data:`BLUEPRINT` through ``client``, SIGKILL a
+    random worker of the (started) ``pool`` that is running a node ``kills`` times, one every
+    ``every`` seconds
+    (uniform, from ``seed``), respawning the dead as a supervisor would, then wait until every
+    run is final. Returns the runs' results in start order (check each with
+    :func:`assert_exact`); ``pool.deaths`` counts the kills (plus any self-kill). Set
+    ``FC_STEP_DELAY`` in the workers' environment so nodes are running when kills land."""
+    rng = random.Random(seed)
+    rids = [await client.start_run(BLUEPRINT.id, {}) for _ in range(runs)]
+    deadline = time.monotonic() + timeout
+    done = 0
+    while done < kills:
+        await asyncio.sleep(rng.uniform(*every))
+        pool.respawn_dead()
+        victim = await _busy_worker(pool, rng)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+            done += 1
+        assert time.monotonic() < deadline, f"storm stuck after {done} kills"
+    pending = list(rids)
+    while pending:
+        assert time.monotonic() < deadline, f"{len(pending)} of {runs} runs never ended"
+        pool.respawn_dead()
+        pending = [r for r in pending if (await client.status(r)).status not in _FINAL]
+        await asyncio.sleep(0.05)
+    return [await client.get_result(r) for r in rids]
+
+
 __all__ = [
     "BLUEPRINT",
     "EXPECTED_OUTPUTS",
@@ -211,5 +291,6 @@ __all__ = [
     "executions",
     "first_time",
     "install_kill_point",
+    "sigkill_storm",
     "step",
 ]

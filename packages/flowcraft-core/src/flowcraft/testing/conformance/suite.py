@@ -32,6 +32,7 @@ from .features import (
     RoutingTests,
     ValueTests,
     VersionTests,
+    WebhookTests,
 )
 from .helpers import assert_same_result, in_memory, requires, until
 
@@ -43,6 +44,7 @@ class AdapterConformanceSuite(
     FaultTests,
     RecoveryTests,
     DurableTests,
+    WebhookTests,
     VersionTests,
     DeadLetterTests,
     ValueTests,

@@ -19,6 +19,7 @@ from .retries import RetryTests
 from .routing import RoutingTests
 from .values import ValueTests
 from .versions import VersionTests
+from .webhooks import WebhookTests
 
 FEATURES: tuple[type, ...] = (
     BasicsTests,
@@ -27,6 +28,7 @@ FEATURES: tuple[type, ...] = (
     FaultTests,
     RecoveryTests,
     DurableTests,
+    WebhookTests,
     VersionTests,
     DeadLetterTests,
     ValueTests,
@@ -52,4 +54,5 @@ __all__ = [
     "RoutingTests",
     "ValueTests",
     "VersionTests",
+    "WebhookTests",
 ]

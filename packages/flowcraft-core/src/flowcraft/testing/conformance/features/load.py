@@ -51,8 +51,10 @@ class LoadTests(SuiteBase):
     # == load smoke =============================================================================
 
     async def test_load_smoke(self, backend: Any) -> None:
-        """Many concurrent runs of a 10-node fan-out/fan-in: all complete, every node of every
-        run executed and committed exactly once."""
+        """Many concurrent runs of a 10-node fan-out/fan-in: all complete with the exact result,
+        every node of every run committed exactly once and executed at least once (a few at
+        most twice: a message whose visibility runs out while its job waits on a contended
+        commit on a loaded machine is delivered again; CI once saw this on SQS)."""
         s = sc.wide()
         nodes = {"s", "j", *(f"w{i}" for i in range(1, sc.LOAD_WIDTH + 1))}
         async with self.cluster(backend, s) as c:
@@ -69,5 +71,7 @@ class LoadTests(SuiteBase):
         for x in s.probe.calls:
             per_run[(x.run_id, x.node_id)] = per_run.get((x.run_id, x.node_id), 0) + 1
         assert len(per_run) == self.load_runs * len(nodes)
-        assert set(per_run.values()) == {1}
+        assert set(per_run.values()) <= {1, 2}
+        repeated = sum(1 for v in per_run.values() if v > 1)
+        assert repeated <= max(1, len(per_run) // 20), repeated
         assert {r: c.published[r] for r in rids} == {r: ["completed"] for r in rids}
