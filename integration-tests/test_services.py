@@ -108,7 +108,7 @@ def test_a_server_that_dies_at_start_is_reported(
 
 def test_every_named_service_has_a_spec() -> None:
     names = {"redis", "rabbitmq", "postgres", "moto", "azurite", "cosmos", "pubsub"}
-    names |= {"firestore", "kafka", "wrangler"}
+    names |= {"firestore", "kafka", "cassandra12", "cloudflare"}
     assert names <= set(SERVICES)
     for spec in SERVICES.values():
         assert spec.env_var == f"FLOWCRAFT_TEST_{spec.name.upper()}_URL"

@@ -103,6 +103,10 @@ async def failed_job(a: BullMQAdapter, jid: str, timeout: float = 20.0) -> Job:
     while True:
         j = await a.queue.getJob(jid)
         if j is not None and await j.isFailed():
+            # ``j`` was read before the state check: it may predate the move to the failed
+            # set. BullMQ sets the reason and the state in one script, so read it again.
+            j = await a.queue.getJob(jid)
+            assert j is not None
             return j
         assert loop.time() < limit, f"job {jid} never failed"
         await asyncio.sleep(0.02)

@@ -20,7 +20,7 @@ from flowcraft import load_blueprint
 from flowcraft.distributed.adapter import BaseDistributedAdapter
 from flowcraft.testing.conformance import Cluster, until
 from flowcraft.testing.conformance import scenarios as sc
-from flowcraft.testing.killable import WorkerPool, assert_exact, executions
+from flowcraft.testing.killable import WorkerPool, assert_exact, executions, sigkill_storm
 from flowcraft.testing.services import get_service
 from flowcraft_rabbitmq import RabbitMQAdapter
 from rabbitmq_support import RabbitBackend, rabbit
@@ -234,9 +234,12 @@ async def test_broker_connection_closed_by_server(rabbit: RabbitBackend) -> None
 # == SIGKILL of worker processes =================================================================
 
 
-async def _supervised(rabbit: RabbitBackend, tmp: Path, env: dict[str, str]) -> tuple[Any, int]:
-    """Run ``killme`` on 2 worker processes, respawning any that dies; returns the result and
-    how many workers died."""
+async def _supervised(
+    rabbit: RabbitBackend, tmp: Path, env: dict[str, str], storm: dict[str, Any] | None = None
+) -> tuple[list[Any], int]:
+    """Run ``killme`` on 2 worker processes, respawning any that dies; returns the results and
+    how many workers died. ``storm``: instead of one run, :func:`sigkill_storm` with these
+    arguments (many runs, random SIGKILLs)."""
     parts = urlsplit(rabbit.amqp_url)
     query = [
         *parse_qsl(parts.query),
@@ -256,16 +259,19 @@ async def _supervised(rabbit: RabbitBackend, tmp: Path, env: dict[str, str]) -> 
     )
     try:
         pool.start()
-        rid = await client.start_run("killme", {})
+        if storm is not None:
+            results = await sigkill_storm(pool, client, **storm)
+        else:
+            rid = await client.start_run("killme", {})
 
-        async def final() -> bool:
-            st = await client.status(rid)
-            return st.status in ("completed", "failed", "stalled", "cancelled")
+            async def final() -> bool:
+                st = await client.status(rid)
+                return st.status in ("completed", "failed", "stalled", "cancelled")
 
-        await pool.supervise(final)
-        result = await client.get_result(rid)
+            await pool.supervise(final)
+            results = [await client.get_result(rid)]
         await pool.stop()  # a worker that killed itself just before the run ended counts too
-        return result, pool.deaths
+        return results, pool.deaths
     finally:
         for k, v in old.items():
             if v is None:
@@ -280,7 +286,7 @@ async def test_sigkill_worker_mid_node(rabbit: RabbitBackend, tmp_path: Path) ->
     """A worker process is SIGKILLed while node ``b`` runs: the broker requeues its delivery
     when the connection dies, the surviving (or respawned) worker runs ``b`` again once the
     dead worker's lease expires, and every node is committed exactly once."""
-    result, deaths = await _supervised(rabbit, tmp_path, {"FC_KILL_IN_NODE": "b"})
+    (result,), deaths = await _supervised(rabbit, tmp_path, {"FC_KILL_IN_NODE": "b"})
     assert_exact(result)
     assert deaths == 1
     ex = executions(tmp_path)
@@ -301,9 +307,24 @@ async def test_sigkill_worker_at_step_point(
     """A worker process is SIGKILLed at a step point of ``node``: exact result; the node runs
     again only if it died before its commit."""
     env = {"FC_KILL_AT_POINT": point, "FC_KILL_POINT_NODE": node}
-    result, deaths = await _supervised(rabbit, tmp_path, env)
+    (result,), deaths = await _supervised(rabbit, tmp_path, env)
     assert_exact(result)
     assert deaths == 1
     ex = executions(tmp_path)
     expected_runs = 2 if point == "before_commit" else 1
     assert ex.count((node, "end")) == expected_runs
+
+
+@pytest.mark.slow
+async def test_sigkill_storm(rabbit: RabbitBackend, tmp_path: Path) -> None:
+    """30 runs while a random worker is SIGKILLed 10 times (every 0.3-0.9 s, nodes taking
+    0.2 s, so kills land mid-node): every run ends with exactly the undisturbed result, each
+    node committed once."""
+    storm = {"runs": 30, "kills": 10, "every": (0.3, 0.9)}
+    results, deaths = await _supervised(rabbit, tmp_path, {"FC_STEP_DELAY": "0.2"}, storm)
+    for res in results:
+        assert_exact(res)
+    assert deaths == 10
+    ex = executions(tmp_path)
+    assert ex.count(("a", "end")) >= 30
+    assert len(ex) > 2 * 5 * 30, "no kill interrupted a node"

@@ -9,6 +9,7 @@ send DynamoDB requests one at a time (:class:`sqs_support.SerializedDynamoDB`)."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
 
 import pytest
 from flowcraft.testing.conformance import CoordinationStoreSuite, RunStoreSuite
@@ -29,6 +30,12 @@ async def aws(moto_url: str) -> AsyncIterator[SqsResources]:
 
 class TestDynamoCoordinationStore(CoordinationStoreSuite):
     """Conditional writes and ``ADD`` counters; expiry checked on every read and condition."""
+
+    # moto_server answers in tens of ms, but hundreds under a loaded CI machine: three
+    # requests must fit in the TTL of the keys the expiry tests wait out (CI saw a 0.5 s key
+    # expire before it was read back).
+    short_ttl: ClassVar[float] = 2.0
+    expiry_margin: ClassVar[float] = 0.5
 
     @pytest.fixture
     def store(self, aws: SqsResources) -> DynamoCoordinationStore:

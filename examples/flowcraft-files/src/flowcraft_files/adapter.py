@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote
@@ -96,9 +96,14 @@ class FilesAdapter(BaseDistributedAdapter):
 
     # The delivery primitives: the engine decides what happens to a message, these do it.
 
-    async def extend_delivery(self, delivery: Delivery) -> None:
-        """Keep the message invisible while its nodes run (called by the heartbeat)."""
-        await asyncio.to_thread(self.queue.move, delivery.message, self.queue.visibility_timeout)
+    def delivery_lease_seconds(self) -> float:
+        """How long a claimed message stays hidden: the engine keeps the ones it handles so."""
+        return self.queue.visibility_timeout
+
+    async def extend_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep these messages hidden (the engine's heartbeat and keeper call this)."""
+        for d in deliveries:
+            await asyncio.to_thread(self.queue.move, d.message, self.queue.visibility_timeout)
 
     async def ack(self, delivery: Delivery) -> None:
         """Delete the message."""

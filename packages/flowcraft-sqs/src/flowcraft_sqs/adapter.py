@@ -7,9 +7,9 @@ dead-letter, give back) is the engine's; this module maps it onto SQS:
 * receiving: long polling (``WaitTimeSeconds``, up to 10 messages per call, never more than the
   free concurrency) in a :class:`~flowcraft.distributed.PollingConsumer`, each message
   invisible for ``visibility_timeout`` seconds; ``stop()`` cancels a long poll at once;
-* leases: while a node runs, the engine's heartbeat calls :meth:`SqsAdapter.extend_delivery`,
-  which extends the message's visibility (``ChangeMessageVisibility``); a keeper task also
-  extends, in batches, any message whose handling outlives half its visibility timeout;
+* leases: the engine keeps every message it handles invisible (its heartbeat while a node runs,
+  its keeper for the rest of the handling: :mod:`flowcraft.distributed.keepalive`) through
+  :meth:`SqsAdapter.extend_deliveries` (``ChangeMessageVisibilityBatch``);
 * ack: ``DeleteMessage``; redeliver: the message stays in flight and its visibility becomes the
   redelivery delay (the adapter's ``delivery_policy``); give back on shutdown: visibility 0. A
   dead worker's message comes back when its visibility timeout ends;
@@ -31,13 +31,10 @@ event source mapping deletes the records reported as handled, so ``ack`` only ma
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from flowcraft.blueprint import NodeDefinition
@@ -88,7 +85,7 @@ MAX_ATTEMPTS_ATTRIBUTE: Final = "fc-max-attempts"
 @dataclass(eq=False)
 class SqsMessage:
     """The SQS side of a :class:`~flowcraft.distributed.Delivery` (its ``message``): the
-    receipt handle to delete or re-time it with, and bookkeeping for the visibility keeper."""
+    receipt handle to delete or re-time it with."""
 
     message_id: str
     receipt_handle: str
@@ -97,8 +94,6 @@ class SqsMessage:
     handled, so :meth:`SqsAdapter.ack` only marks it."""
     acked: bool = False
     """Set by :meth:`SqsAdapter.ack` (deleted, or to be deleted by the event source mapping)."""
-    extended_at: float = field(default_factory=time.monotonic)
-    """When its visibility was last set (monotonic clock)."""
 
 
 def message_delivery(m: Mapping[str, Any], *, lambda_record: bool = False) -> Delivery:
@@ -263,9 +258,6 @@ class SqsAdapter(BaseDistributedAdapter):
         kwargs.setdefault("coordination_store", DynamoCoordinationStore(self.aws, table))
         super().__init__(**kwargs)
         self._urls: dict[str, str] = {}
-        self._inflight: dict[str, SqsMessage] = {}
-        self._keeper: asyncio.Task[None] | None = None
-        self._keeper_users = 0
         self.max_status_poll = 0.5
         """Longest pause (seconds) between two status polls of :meth:`wait_for_final` (read
         when the first wait starts)."""
@@ -360,7 +352,6 @@ class SqsAdapter(BaseDistributedAdapter):
     # -- visibility ----------------------------------------------------------------------------
 
     async def _set_visibility(self, m: SqsMessage, seconds: int) -> None:
-        m.extended_at = time.monotonic()
         try:
             await self.aws.sqs(
                 "change_message_visibility",
@@ -372,73 +363,39 @@ class SqsAdapter(BaseDistributedAdapter):
             # The message was deleted meanwhile, or its receipt is stale (it was redelivered).
             log.warning("cannot change visibility of %s: %s", m.message_id, exc)
 
-    async def extend_delivery(self, delivery: Delivery) -> None:
-        """Heartbeat: keep the running job's message invisible (at most one call per third of
-        the visibility timeout)."""
-        m = delivery.message
-        if (
-            isinstance(m, SqsMessage)
-            and time.monotonic() - m.extended_at >= self.visibility_timeout / 3
-        ):
-            await self._set_visibility(m, self.visibility_timeout)
+    def delivery_lease_seconds(self) -> float:
+        """The queue's visibility timeout: the engine keeps every message it handles
+        invisible (see :mod:`flowcraft.distributed.keepalive`)."""
+        return float(self.visibility_timeout)
 
-    async def _keep_visible(self) -> None:
-        """Extend, in batches of 10, the messages whose handling outlives half their
-        visibility timeout (receive-to-node and commit-to-ack phases have no heartbeat)."""
-        period = max(self.visibility_timeout / 4, 0.2)
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            due = [
-                m
-                for m in self._inflight.values()
-                if now - m.extended_at >= self.visibility_timeout / 2
-            ]
-            for i in range(0, len(due), 10):
-                batch = due[i : i + 10]
-                for m in batch:
-                    m.extended_at = now
-                try:
-                    await self.aws.sqs(
-                        "change_message_visibility_batch",
-                        QueueUrl=await self.queue_url(),
-                        Entries=[
-                            {
-                                "Id": str(n),
-                                "ReceiptHandle": m.receipt_handle,
-                                "VisibilityTimeout": self.visibility_timeout,
-                            }
-                            for n, m in enumerate(batch)
-                        ],
-                    )
-                except Exception:
-                    log.exception("extending message visibility failed")
-
-    @contextlib.asynccontextmanager
-    async def keeping_visible(self) -> AsyncIterator[None]:
-        """While inside, the visibility keeper runs (shared by nested users): messages being
-        handled by :meth:`process_delivery` are extended before their visibility ends."""
-        self._keeper_users += 1
-        if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.create_task(self._keep_visible())
-        try:
-            yield
-        finally:
-            self._keeper_users -= 1
-            if self._keeper_users == 0 and self._keeper is not None:
-                keeper, self._keeper = self._keeper, None
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
-
-    @contextlib.contextmanager
-    def _tracked(self, m: SqsMessage) -> Iterator[None]:
-        """Register ``m`` as in flight (for the visibility keeper) while inside."""
-        self._inflight[m.receipt_handle] = m
-        try:
-            yield
-        finally:
-            self._inflight.pop(m.receipt_handle, None)
+    async def extend_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """``ChangeMessageVisibilityBatch``, ten messages per call (a message deleted or
+        redelivered meanwhile fails alone, logged)."""
+        handles = [
+            d.message
+            for d in deliveries
+            if isinstance(d.message, SqsMessage) and not d.message.acked
+        ]
+        for i in range(0, len(handles), 10):
+            batch = handles[i : i + 10]
+            try:
+                r = await self.aws.sqs(
+                    "change_message_visibility_batch",
+                    QueueUrl=await self.queue_url(),
+                    Entries=[
+                        {
+                            "Id": str(n),
+                            "ReceiptHandle": m.receipt_handle,
+                            "VisibilityTimeout": self.visibility_timeout,
+                        }
+                        for n, m in enumerate(batch)
+                    ],
+                )
+            except Exception:
+                log.exception("extending message visibility failed")
+                continue
+            for f in r.get("Failed", []):
+                log.warning("cannot extend visibility of a message: %s", f.get("Message", f))
 
     # -- handling one message ------------------------------------------------------------------
 
@@ -457,10 +414,8 @@ class SqsAdapter(BaseDistributedAdapter):
                 await inner(job, d)
 
             handler = attempt
-        m = delivery.message
-        assert isinstance(m, SqsMessage)
-        with self._tracked(m):
-            return await super().process_delivery(delivery, handler)
+        assert isinstance(delivery.message, SqsMessage)
+        return await super().process_delivery(delivery, handler)
 
     async def settle(self, delivery: Delivery, decision: Decision) -> None:
         """See :meth:`~flowcraft.distributed.BaseDistributedAdapter.settle`. A retry of a
@@ -571,8 +526,7 @@ class SqsAdapter(BaseDistributedAdapter):
             cancel_on_stop=True,
             handler=handler,
         )
-        async with self.keeping_visible():
-            await consumer.run()
+        await consumer.run()
 
     async def aclose(self) -> None:
         """Stop and close the AWS clients (unless they were passed in)."""

@@ -36,8 +36,8 @@ only the records that were not acked, and the event source mapping deletes the o
 The function's timeout must be shorter than the queue's visibility timeout (AWS recommends the
 visibility timeout be six times the function timeout). Give the adapter the queue's visibility
 timeout (``visibility_timeout=``): while an invocation runs, records that outlive half of it are
-extended with ``ChangeMessageVisibility`` (and the engine's heartbeat extends a running node's
-record), so a slow batch is not delivered a second time meanwhile.
+extended (the engine's keeper and node heartbeat, through the adapter's ``extend_deliveries``),
+so a slow batch is not delivered a second time meanwhile.
 """
 
 from __future__ import annotations
@@ -88,10 +88,9 @@ class SqsLambdaHandler:
     async def handle_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Handle a Lambda SQS event; returns the partial batch response."""
         records = list(event.get("Records") or [])
-        async with self.adapter.keeping_visible():  # records outliving half their visibility
-            results = await asyncio.gather(
-                *(self.handle_record(r) for r in records), return_exceptions=True
-            )
+        results = await asyncio.gather(
+            *(self.handle_record(r) for r in records), return_exceptions=True
+        )
         failures = []
         for record, res in zip(records, results, strict=True):
             if res is True:
