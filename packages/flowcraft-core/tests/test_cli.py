@@ -81,6 +81,19 @@ def test_help_lists_every_command() -> None:
         assert f" {command} " in res.stdout
 
 
+def test_help_shows_no_type_after_plain_flags() -> None:
+    """Flags (``--json``, ``--help``) take no value, so help shows no type for them; options
+    that take one keep theirs."""
+    res = invoke("lint", "--help")
+    assert res.exit_code == 0
+    assert "<bool>" not in res.stdout
+    assert "--json" in res.stdout
+    res = invoke("run", "--help")
+    assert res.exit_code == 0
+    assert "<bool>" not in res.stdout
+    assert "<int range>" in res.stdout  # --concurrency
+
+
 def test_version() -> None:
     from flowcraft import __version__
 

@@ -206,6 +206,30 @@ def test_inspect_an_awaiting_run(tmp_path: Path) -> None:
     assert "Status: awaiting" in out.stdout
     rows = {r[0]: r[1:] for r in table_rows(out.stdout)}
     assert rows["w"] == ["awaiting", "1", "-"]
+    assert "Awaiting: w (external_event)" in out.stdout
+
+
+def test_inspect_shows_a_webhook_endpoint(tmp_path: Path) -> None:
+    """A run waiting on a webhook: inspect names the endpoint to POST to (text and JSON)."""
+    hooked = {
+        "id": "cli-hook",
+        "nodes": [
+            {"id": "a", "uses": "double", "inputs": "n"},
+            {
+                "id": "h",
+                "uses": "webhook",
+                "params": {"path": "/in", "secret": "s", "timeout": "1h"},
+            },
+        ],
+        "edges": [{"source": "a", "target": "h"}],
+    }
+    res, db = run_recorded(tmp_path, hooked, "h1")
+    assert res.exit_code == 2
+    data = json.loads(invoke("inspect", "h1", "--db", db, "--json").stdout)
+    d = data["awaiting"]["h"]
+    assert d["reason"] == "webhook" and d["url"] == f"/in/{d['endpointId']}"
+    out = invoke("inspect", "h1", "--db", db).stdout
+    assert f"Awaiting: h (webhook POST /in/{d['endpointId']} until {d['timeoutAt']})" in out
 
 
 def test_inspect_json_summary_and_events(tmp_path: Path) -> None:

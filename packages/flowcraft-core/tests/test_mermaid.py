@@ -178,3 +178,22 @@ def test_run_highlighting_every_status_and_action_keys() -> None:
 
 def test_run_without_statuses_is_plain_diagram() -> None:
     assert generate_mermaid_for_run(LINEAR, {}) == generate_mermaid(LINEAR)
+
+
+def test_fallbacks_are_drawn_as_dotted_links_after_the_edges() -> None:
+    """A fallback target is linked to the node it stands in for (not a disconnected box)."""
+    bp = load_blueprint(
+        {
+            "id": "fb",
+            "nodes": [
+                {"id": "a", "uses": "x", "config": {"fallback": "rescue"}},
+                {"id": "b", "uses": "x"},
+                {"id": "rescue", "uses": "y"},
+            ],
+            "edges": [{"source": "a", "target": "b"}],
+        }
+    )
+    assert generate_mermaid(bp).splitlines()[-2:] == [
+        "    n0 --> n1",
+        '    n0 -.->|"fallback"| n2',
+    ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +47,8 @@ EXIT_AWAITING = 2
 """The run stopped to await (a wait, sleep or subflow node)."""
 EXIT_USAGE = 3
 """Usage or validation error."""
+EXIT_UNAVAILABLE = 4
+"""The backend could not be reached."""
 
 _USAGE_ERROR: type[Exception] = next(
     c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
@@ -69,6 +71,19 @@ class _Group(TyperGroup):
         except _USAGE_ERROR as exc:
             exc.exit_code = EXIT_USAGE  # type: ignore[attr-defined]
             raise
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """Typer (0.2x) shows ``<bool>`` in the type column of plain flags (``--help`` included),
+    which reads as if the flag took a value: flags show no type."""
+    if self.is_flag and not self.count:
+        return None
+    return _option_type(self, ctx)  # type: ignore[no-any-return]
+
+
+_option_type: Any = getattr(TyperOption, "display_type_rich", None)
+if _option_type is not None:  # older typer prints no type column
+    setattr(TyperOption, "display_type_rich", _flag_type)  # noqa: B010 (mypy: method assign)
 
 
 app = typer.Typer(
@@ -606,6 +621,7 @@ def inspect_(
             "errorCount": len(result.errors),
             "errors": [e.to_wire() for e in result.errors],
             "nodes": nodes,
+            "awaiting": result.awaiting,
             "context": {k: result.context[k] for k in user_keys},
             "events": [e.to_wire() for e in events],
         }
@@ -641,6 +657,15 @@ def inspect_(
             _duration(ms / 1000 if ms is not None else None),
         )
     console.print(grid)
+    for node_id, d in result.awaiting.items():
+        what = str(d.get("reason"))
+        if d.get("reason") == "webhook":
+            what = f"webhook POST {d.get('url')}" + (
+                f" until {d['timeoutAt']}" if d.get("timeoutAt") else ""
+            )
+        elif d.get("reason") == "timer":
+            what = f"sleep until {d.get('wakeUpAt')}"
+        console.print(f"Awaiting: {escape(node_id)} ({escape(what)})")
     if user_keys:
         head = user_keys[:10]
         more = f" (first 10 of {len(user_keys)})" if len(user_keys) > 10 else ""

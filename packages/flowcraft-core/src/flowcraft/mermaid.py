@@ -109,6 +109,11 @@ def _diagram(bp: WorkflowBlueprint) -> tuple[list[str], dict[str, str]]:
         label = _edge_label(edge)
         arrow = f'-->|"{escape_label(label)}"|' if label else "-->"
         lines.append(f"{_INDENT}{ids[edge.source]} {arrow} {ids[edge.target]}")
+    # Fallback links come after the edges, so linkStyle indexes still match bp.edges.
+    for node in bp.nodes:
+        fb = node.config.fallback
+        if fb is not None and fb in ids and node.id in ids:
+            lines.append(f'{_INDENT}{ids[node.id]} -.->|"fallback"| {ids[fb]}')
     return lines, ids
 
 
@@ -116,8 +121,9 @@ def generate_mermaid(bp: WorkflowBlueprint) -> str:
     """Mermaid ``flowchart TD`` source for ``bp`` (no trailing newline).
 
     Each node is drawn as ``nK["<id><br/><uses>"]`` and each edge, in ``bp.edges`` order, as
-    ``nA --> nB`` or ``nA -->|"<action> | <condition> | <transform>"| nB`` (present parts only).
-    An empty blueprint yields a diagram with a single placeholder node.
+    ``nA --> nB`` or ``nA -->|"<action> | <condition> | <transform>"| nB`` (present parts only);
+    then each node's fallback as a dotted ``nA -.->|"fallback"| nF``. An empty blueprint yields
+    a diagram with a single placeholder node.
     """
     lines, _ = _diagram(bp)
     return "\n".join(lines)
