@@ -9,9 +9,13 @@ own cost per node: scheduling, routing, joins, bookkeeping. Three scenarios:
 
 The same scenarios run on the published TypeScript package (``benchmarks/ts/bench.mjs``,
 installed with npm into a scratch directory outside the repository) unless ``--no-ts`` is
-given. One JSON document is printed on stdout; see ``benchmarks/README.md`` for how to read it.
+given. Both sides are measured the same way (:data:`METHOD`): interleaved rounds, garbage
+collection left on, medians with min..max. One JSON document is printed on stdout; see
+``benchmarks/README.md`` for how to read it; ``--markdown FILE`` prints the README table of a
+stored document.
 
     uv run python benchmarks/engine.py [--quick] [--no-ts] [--repeat N] [--profile]
+    uv run python benchmarks/engine.py --markdown benchmarks/results/engine.json
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import json
 import os
 import platform
 import pstats
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,13 @@ TS_FALLBACK_SPEC = "2"
 TS_SCRIPT = Path(__file__).resolve().parent / "ts" / "bench.mjs"
 
 SCENARIOS = ("chain_1000", "fan_1000", "small_runs_2000")
+
+METHOD = (
+    "interleaved rounds: each round times one call of every scenario in Python, then runs the "
+    "TypeScript script for one warm-up and one timed call of every scenario; garbage "
+    "collection runs normally on both sides; figures are medians over the rounds, with min..max"
+)
+"""How both sides are measured (the same on both)."""
 
 MAX_RATIO = 0.5
 """The target: Python's per-node overhead at most half of TypeScript's."""
@@ -124,28 +135,27 @@ def _check(result: WorkflowResult, node_id: str, expected: Any, what: str) -> No
 # -- timing ------------------------------------------------------------------------------------
 
 
-async def best_of(
-    fn: Callable[[], Awaitable[T]], verify: Callable[[T], None], repeat: int
-) -> float:
-    """Minimum wall time in seconds of ``repeat`` timed calls, after one untimed warm-up.
+async def timed(fn: Callable[[], Awaitable[T]], verify: Callable[[T], None]) -> float:
+    """Wall time in seconds of one call of ``fn`` (garbage collection left on, as on the
+    TypeScript side); ``verify`` checks its value outside the timed section."""
+    t0 = time.perf_counter()
+    value = await fn()
+    dt = time.perf_counter() - t0
+    verify(value)
+    return dt
 
-    The cyclic garbage collector is off during each timed call (after a full collection);
-    ``verify`` checks every call's value outside the timed section.
-    """
-    verify(await fn())
-    best = float("inf")
-    for _ in range(repeat):
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            value = await fn()
-            dt = time.perf_counter() - t0
-        finally:
-            gc.enable()
-        verify(value)
-        best = min(best, dt)
-    return best
+
+def summarize(samples: list[float], nodes: int) -> dict[str, float]:
+    """Median (the reported figure) and min..max of the rounds' seconds, also per node."""
+    med = statistics.median(samples)
+    return {
+        "seconds": med,
+        "seconds_min": min(samples),
+        "seconds_max": max(samples),
+        "us_per_node": med * 1e6 / nodes,
+        "us_per_node_min": min(samples) * 1e6 / nodes,
+        "us_per_node_max": max(samples) * 1e6 / nodes,
+    }
 
 
 def _profile(label: str, fn: Callable[[], Awaitable[Any]], top: int) -> None:
@@ -208,34 +218,42 @@ class PythonBench:
         for r in rs:
             _check(r, "n4", 5, "small run")
 
-    async def measure(self, repeat: int) -> dict[str, Any]:
-        """Time every scenario; the JSON section ``python``."""
+    async def warm(self) -> None:
+        """One untimed call of each scenario (imports, caches, plans)."""
+        self.verify_chain(await self.run_chain())
+        self.verify_fan(await self.run_fan())
+        self.verify_small(await self.run_small())
+
+    async def round(self) -> dict[str, float]:
+        """One timed call of each scenario: seconds by scenario."""
+        return {
+            "chain_1000": await timed(self.run_chain, self.verify_chain),
+            "fan_1000": await timed(self.run_fan, self.verify_fan),
+            "small_runs_2000": await timed(self.run_small, self.verify_small),
+        }
+
+    def summary(self, rounds: list[dict[str, float]]) -> dict[str, Any]:
+        """The JSON section ``python``: medians and min..max over the rounds."""
         s = self.sizes
-        chain_s = await best_of(self.run_chain, self.verify_chain, repeat)
-        fan_s = await best_of(self.run_fan, self.verify_fan, repeat)
-        small_s = await best_of(self.run_small, self.verify_small, repeat)
-        fan_nodes = s.fan + 2
+        small = summarize([r["small_runs_2000"] for r in rounds], s.runs * 5)
         return {
             "engine": "flowcraft (Python)",
             "flowcraft_version": flowcraft.__version__,
             "concurrency": self.runtime.concurrency,
-            "gc_disabled_while_timing": True,
+            "method": METHOD,
             "chain_1000": {
                 "nodes": s.chain,
-                "seconds": chain_s,
-                "us_per_node": chain_s * 1e6 / s.chain,
+                **summarize([r["chain_1000"] for r in rounds], s.chain),
             },
             "fan_1000": {
-                "nodes": fan_nodes,
-                "seconds": fan_s,
-                "us_per_node": fan_s * 1e6 / fan_nodes,
+                "nodes": s.fan + 2,
+                **summarize([r["fan_1000"] for r in rounds], s.fan + 2),
             },
             "small_runs_2000": {
                 "runs": s.runs,
                 "nodes_per_run": 5,
-                "seconds": small_s,
-                "runs_per_s": s.runs / small_s,
-                "us_per_node": small_s * 1e6 / (s.runs * 5),
+                "runs_per_s": s.runs / small["seconds"],
+                **small,
             },
         }
 
@@ -265,49 +283,87 @@ def _npm_install(workdir: Path, spec: str, npm: str) -> subprocess.CompletedProc
     )
 
 
-def run_ts(sizes: Sizes, repeat: int) -> dict[str, Any]:
-    """Install the upstream package into a scratch directory and run ``bench.mjs`` there.
+class TsBench:
+    """The upstream package installed into a scratch directory, run one round at a time."""
 
-    Returns the script's JSON (plus the version asked for), or ``{"error": ...}`` when node or
-    npm is missing, the install fails or the script fails.
-    """
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        missing = " and ".join(n for n, p in (("node", node), ("npm", npm)) if p is None)
-        return {"error": f"{missing} not found on PATH"}
-    workdir = Path(tempfile.mkdtemp(prefix="flowcraft-ts-bench-"))
-    try:
-        (workdir / "package.json").write_text(
+    def __init__(self, sizes: Sizes) -> None:
+        self.sizes = sizes
+        self.workdir: Path | None = None
+        self.node: str | None = None
+        self.requested = TS_VERSION
+        self.error: str | None = None
+        self.rounds: list[dict[str, Any]] = []
+
+    def install(self) -> bool:
+        """npm-install the package and copy the script; False (and ``error``) on failure."""
+        node, npm = shutil.which("node"), shutil.which("npm")
+        if node is None or npm is None:
+            missing = " and ".join(n for n, p in (("node", node), ("npm", npm)) if p is None)
+            self.error = f"{missing} not found on PATH"
+            return False
+        self.node = node
+        self.workdir = Path(tempfile.mkdtemp(prefix="flowcraft-ts-bench-"))
+        (self.workdir / "package.json").write_text(
             json.dumps({"name": "flowcraft-ts-bench", "private": True, "type": "module"})
         )
-        requested = TS_VERSION
-        proc = _npm_install(workdir, TS_VERSION, npm)
+        proc = _npm_install(self.workdir, TS_VERSION, npm)
         if proc.returncode != 0:
-            requested = TS_FALLBACK_SPEC
-            retry = _npm_install(workdir, TS_FALLBACK_SPEC, npm)
-            if retry.returncode != 0:
-                return {
-                    "error": f"npm install {TS_PACKAGE}@{TS_VERSION} failed: "
-                    + _tail(proc.stderr or proc.stdout)
-                }
-        shutil.copyfile(TS_SCRIPT, workdir / "bench.mjs")
-        cmd = [node, "--expose-gc", "bench.mjs", "--repeat", str(repeat)]
-        cmd += ["--chain", str(sizes.chain), "--fan", str(sizes.fan), "--runs", str(sizes.runs)]
-        run = subprocess.run(
-            cmd, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False
-        )
-        if run.returncode != 0:
-            return {"error": f"bench.mjs failed: {_tail(run.stderr or run.stdout)}"}
+            self.requested = TS_FALLBACK_SPEC
+            if _npm_install(self.workdir, TS_FALLBACK_SPEC, npm).returncode != 0:
+                self.error = f"npm install {TS_PACKAGE}@{TS_VERSION} failed: " + _tail(
+                    proc.stderr or proc.stdout
+                )
+                return False
+        shutil.copyfile(TS_SCRIPT, self.workdir / "bench.mjs")
+        return True
+
+    def round(self) -> bool:
+        """One round (one warm-up and one timed call per scenario); False (and ``error``)
+        when the script fails."""
+        assert self.workdir is not None and self.node is not None
+        s = self.sizes
+        cmd = [self.node, "bench.mjs", "--repeat", "1", "--chain", str(s.chain)]
+        cmd += ["--fan", str(s.fan), "--runs", str(s.runs)]
         try:
-            data: dict[str, Any] = json.loads(run.stdout)
+            run = subprocess.run(
+                cmd, cwd=self.workdir, capture_output=True, text=True, timeout=1800, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False
+        if run.returncode != 0:
+            self.error = f"bench.mjs failed: {_tail(run.stderr or run.stdout)}"
+            return False
+        try:
+            self.rounds.append(json.loads(run.stdout))
         except json.JSONDecodeError as exc:
-            return {"error": f"bench.mjs printed no JSON: {exc}: {_tail(run.stdout)}"}
-        data["requested_version"] = requested
-        return data
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            self.error = f"bench.mjs printed no JSON: {exc}: {_tail(run.stdout)}"
+            return False
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON section ``ts``: medians and min..max over the rounds (or the error)."""
+        if self.error is not None:
+            return {"error": self.error}
+        first = self.rounds[0]
+        out: dict[str, Any] = {
+            k: first[k] for k in ("engine", "flowcraft_version", "node_version", "concurrency")
+        }
+        out["requested_version"] = self.requested
+        out["method"] = METHOD
+        for name in SCENARIOS:
+            sec = dict(first[name])
+            nodes = sec["nodes"] if "nodes" in sec else sec["runs"] * sec["nodes_per_run"]
+            sec.update(summarize([r[name]["seconds"] for r in self.rounds], nodes))
+            if "runs_per_s" in sec:
+                sec["runs_per_s"] = sec["runs"] / sec["seconds"]
+            out[name] = sec
+        return out
+
+    def close(self) -> None:
+        """Remove the scratch directory."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -354,6 +410,30 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def markdown(doc: Mapping[str, Any]) -> str:
+    """The README table of a stored result document."""
+    rows = [
+        "| scenario | Python us/node, median (min..max) | TypeScript us/node, median (min..max) "
+        "| ratio (py/ts) | target (<= 0.5) |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    ts = doc["ts"] if isinstance(doc.get("ts"), Mapping) else {}
+    for name in SCENARIOS:
+        p = doc["python"][name]
+        t = ts.get(name)
+        c = doc["comparison"][name]
+
+        def fmt(x: Mapping[str, Any]) -> str:
+            return (
+                f"{x['us_per_node']:.1f} ({x['us_per_node_min']:.1f}..{x['us_per_node_max']:.1f})"
+            )
+
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        met = "-" if c["meets_target"] is None else ("met" if c["meets_target"] else "**not met**")
+        rows.append(f"| `{name}` | {fmt(p)} | {fmt(t) if t else '-'} | {ratio} | {met} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmarks and print the JSON document."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -361,23 +441,44 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small sizes and one repetition (smoke runs)"
     )
     ap.add_argument("--no-ts", action="store_true", help="skip the TypeScript comparison")
-    ap.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 3)")
+    ap.add_argument("--repeat", type=int, default=None, help="interleaved timed rounds (default 5)")
     ap.add_argument(
         "--profile", action="store_true", help="also print a cProfile of each scenario to stderr"
     )
     ap.add_argument("--profile-top", type=int, default=25, help="functions per profile")
+    ap.add_argument("--markdown", default=None, help="print the table of this stored JSON")
     args = ap.parse_args(argv)
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        return 0
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     if repeat < 1:
         ap.error("--repeat must be >= 1")
     sizes = QUICK if args.quick else FULL
 
     machine = machine_info()
     bench = PythonBench(sizes)
-    py = asyncio.run(bench.measure(repeat))
+    tsb = None if args.no_ts else TsBench(sizes)
+    if tsb is not None and not tsb.install():
+        tsb.close()
+    rounds: list[dict[str, float]] = []
+
+    async def go() -> None:
+        await bench.warm()
+        for _ in range(repeat):  # interleaved: a Python round, then a TypeScript round
+            rounds.append(await bench.round())
+            if tsb is not None and tsb.error is None:
+                tsb.round()
+
+    try:
+        asyncio.run(go())
+    finally:
+        if tsb is not None:
+            tsb.close()
+    py = bench.summary(rounds)
     if args.profile:
         bench.profile(args.profile_top)
-    ts: dict[str, Any] = {"skipped": "--no-ts"} if args.no_ts else run_ts(sizes, repeat)
+    ts: dict[str, Any] = {"skipped": "--no-ts"} if tsb is None else tsb.summary()
     has_ts = "error" not in ts and "skipped" not in ts
     doc = {
         "benchmark": "flowcraft engine overhead (trivial nodes; microseconds per node)",

@@ -5,7 +5,8 @@
 // mirror the Python ones in benchmarks/engine.py: trivial async nodes, so what is measured
 // is the engine's own cost per node.
 //
-//   node --expose-gc bench.mjs [--quick] [--repeat N] [--chain N] [--fan N] [--runs N]
+//   node bench.mjs [--quick] [--repeat N] [--chain N] [--fan N] [--runs N]
+// (no forced garbage collection: the Python side does not force one either)
 
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -80,17 +81,12 @@ function installedVersion() {
 	return JSON.parse(readFileSync(path, 'utf8')).version
 }
 
-function collect() {
-	if (typeof globalThis.gc === 'function') globalThis.gc()
-}
-
 // Best (minimum) wall time in seconds over `repeat` timed calls of `fn`, after one warm-up;
 // `verify` checks the value of every call outside the timed section.
 async function best(fn, verify, repeat) {
 	verify(await fn())
 	let min = Number.POSITIVE_INFINITY
 	for (let r = 0; r < repeat; r++) {
-		collect()
 		const t0 = performance.now()
 		const value = await fn()
 		const dt = (performance.now() - t0) / 1000
@@ -111,7 +107,6 @@ async function main() {
 		flowcraft_version: installedVersion(),
 		node_version: process.version,
 		concurrency,
-		gc_exposed: typeof globalThis.gc === 'function',
 		repeat: opts.repeat,
 	}
 
