@@ -103,11 +103,15 @@ def test_python_section_has_every_scenario_with_consistent_numbers(
     py = quick_doc["python"]
     assert py["flowcraft_version"] == flowcraft.__version__
     assert py["concurrency"] == flowcraft.FlowRuntime().concurrency  # default settings
-    assert py["gc_disabled_while_timing"] is True
+    assert py["method"].startswith("interleaved rounds")
     chain, fan, small = (py[name] for name in SCENARIOS)
-    assert set(chain) == {"nodes", "seconds", "us_per_node"}
-    assert set(fan) == {"nodes", "seconds", "us_per_node"}
-    assert set(small) == {"runs", "nodes_per_run", "seconds", "runs_per_s", "us_per_node"}
+    stats = {"seconds", "seconds_min", "seconds_max", "us_per_node"}
+    stats |= {"us_per_node_min", "us_per_node_max"}
+    assert set(chain) == {"nodes", *stats}
+    assert set(fan) == {"nodes", *stats}
+    assert set(small) == {"runs", "nodes_per_run", "runs_per_s", *stats}
+    for section in (chain, fan, small):
+        assert section["seconds_min"] <= section["seconds"] <= section["seconds_max"]
     assert (chain["nodes"], fan["nodes"], small["runs"], small["nodes_per_run"]) == (
         100,
         102,
@@ -165,3 +169,30 @@ def test_compare_divides_python_by_ts_and_checks_the_half_target() -> None:
     assert comp["small_runs_2000"]["ratio"] == 0.75
     assert comp["small_runs_2000"]["meets_target"] is False
     assert comp["small_runs_2000"]["ts_us_per_node"] == 16.0
+
+
+def test_duplicate_storm_benchmark_reports_the_enqueue_factor() -> None:
+    """``benchmarks/duplicate_storm.py`` on the embedded backends: one JSON document whose
+    enqueue factor (enqueues per node under duplicate-every-enqueue) is within the
+    conformance suite's bound, every node executed once on the in-memory backend."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "duplicate_storm.py"),
+            "--repeat",
+            "1",
+            "--backends",
+            "memory,sqlite",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert sorted(doc["backends"]) == ["memory", "sqlite"]
+    for entry in doc["backends"].values():
+        assert 1.0 <= entry["enqueue_factor"]["max"] <= 5.0
+    assert doc["backends"]["memory"]["executions_per_node"] == {"median": 1.0, "max": 1.0}
