@@ -27,8 +27,11 @@ class TestCloudflareConformance(AdapterConformanceSuite):
     scenario_timeout: ClassVar[float] = 60.0
     lease_seconds: ClassVar[float] = 1.0
     load_runs: ClassVar[int] = 20
+    # 20 examples of 10 concurrent cases: 200 generated workflows per differential test (about
+    # 1 min without and 1.5 min with duplicate delivery here); 50 ms client polls
     differential_examples: ClassVar[int] = 20
-    differential_batch: ClassVar[int] = 1  # one case at a time, as on SQS
+    differential_batch: ClassVar[int] = 10
+    differential_poll_seconds: ClassVar[float] = 0.05
     differential_slow_examples: ClassVar[int] = 200
 
     @pytest.fixture

@@ -35,9 +35,11 @@ class TestKafkaConformance(AdapterConformanceSuite):
     scenario_timeout: ClassVar[float] = 30.0
     # Every generated case starts a cluster whose members must first form a consumer group
     # (about a second on Tansu with 1 s sessions), so the sweep is smaller than in memory.
-    differential_examples: ClassVar[int] = 8
-    # one case at a time, as on SQS (where batches of ten overran 20 minutes on moto)
-    differential_batch: ClassVar[int] = 1
+    # 20 examples of 10 concurrent cases: 200 generated workflows per differential test (under
+    # a minute each here); 50 ms client polls
+    differential_examples: ClassVar[int] = 20
+    differential_batch: ClassVar[int] = 10
+    differential_poll_seconds: ClassVar[float] = 0.05
     differential_slow_examples: ClassVar[int] = 100
     # Each read of the dead-letter topic is a fresh consumer: metadata, watermarks, a fetch.
     # CI saw one dead letter produced and not read back within 5 s on a broker that had
