@@ -180,42 +180,6 @@ async def raw_queue_hop_ms(conn: str, cosmos_url: str, hops: int, repeat: int) -
         await res.cleanup()
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    """The README table of a stored result document."""
-    rows = [
-        "| workers | workflow | nodes/s, median (min..max) | requests per node "
-        "| Cosmos reads / writes per node | queue requests per node |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for w in (1, 2):
-        m = doc.get(f"workers_{w}")
-        if not m:
-            continue
-        for bp in ("chain", "fan"):
-            e = m[bp]
-            r = e["requests_per_node"]
-            s = e["nodes_per_s"]
-            reads = sum(v for k, v in r.items() if k in ("cosmos.read", "cosmos.query"))
-            writes = sum(
-                v
-                for k, v in r.items()
-                if k.startswith("cosmos.") and k not in ("cosmos.read", "cosmos.query")
-            )
-            queue = sum(v for k, v in r.items() if k.startswith("queue."))
-            rows.append(
-                f"| {w} | {bp} {e['nodes']} | {s['median']} ({s['min']}..{s['max']}) "
-                f"| {r['total']} | {reads:.2f} / {writes:.2f} | {queue:.2f} |"
-            )
-    raw = doc.get("raw_queue_hop_ms")
-    if raw:
-        rows.append("")
-        rows.append(
-            f"Raw Azurite send → receive → delete hop: {raw['median']} ms "
-            f"({raw['min']}..{raw['max']}), i.e. {round(1000 / raw['median'], 1)} hops/s."
-        )
-    return "\n".join(rows)
-
-
 async def main() -> None:
     """Run the benchmark and print (and optionally store) the JSON document, or print the
     README table of a stored one (``--markdown``)."""
@@ -227,7 +191,9 @@ async def main() -> None:
     ap.add_argument("--markdown", type=Path, help="print the table of this stored JSON")
     args = ap.parse_args()
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        import tables  # benchmarks/tables.py, beside this script
+
+        print(tables.render("azure", args.markdown))
         return
     n, repeat = (20, 1) if args.quick else (args.nodes, args.repeat)
     azurite, cosmos = get_service("azurite"), get_service("cosmos")

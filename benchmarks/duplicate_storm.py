@@ -175,22 +175,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    """The README table of a stored result document."""
-    rows = [
-        "| backend | enqueues per node, median (min..max) | executions per node, max "
-        "| run seconds, median (min..max) |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, e in doc["backends"].items():
-        f, x, t = e["enqueue_factor"], e["executions_per_node"], e["run_seconds"]
-        rows.append(
-            f"| {name} | {f['median']} ({f['min']}..{f['max']}) | {x['max']} "
-            f"| {t['median']} ({t['min']}..{t['max']}) |"
-        )
-    return "\n".join(rows)
-
-
 def main() -> None:
     """Parse arguments, measure, print the JSON (and write it to ``--out``); or, with
     ``--markdown FILE``, print the README table of a stored result."""
@@ -202,7 +186,9 @@ def main() -> None:
     ap.add_argument("--markdown", default=None, help="print the table of this stored JSON")
     args = ap.parse_args()
     if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        import tables  # benchmarks/tables.py, beside this script
+
+        print(tables.render("duplicate_storm", args.markdown))
         return
     text = json.dumps(asyncio.run(measure(args)), indent=2)
     print(text)

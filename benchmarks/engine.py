@@ -410,30 +410,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def markdown(doc: Mapping[str, Any]) -> str:
-    """The README table of a stored result document."""
-    rows = [
-        "| scenario | Python us/node, median (min..max) | TypeScript us/node, median (min..max) "
-        "| ratio (py/ts) | target (<= 0.5) |",
-        "| --- | --- | --- | ---: | --- |",
-    ]
-    ts = doc["ts"] if isinstance(doc.get("ts"), Mapping) else {}
-    for name in SCENARIOS:
-        p = doc["python"][name]
-        t = ts.get(name)
-        c = doc["comparison"][name]
-
-        def fmt(x: Mapping[str, Any]) -> str:
-            return (
-                f"{x['us_per_node']:.1f} ({x['us_per_node_min']:.1f}..{x['us_per_node_max']:.1f})"
-            )
-
-        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
-        met = "-" if c["meets_target"] is None else ("met" if c["meets_target"] else "**not met**")
-        rows.append(f"| `{name}` | {fmt(p)} | {fmt(t) if t else '-'} | {ratio} | {met} |")
-    return "\n".join(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmarks and print the JSON document."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -449,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", default=None, help="print the table of this stored JSON")
     args = ap.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        import tables  # benchmarks/tables.py, beside this script
+
+        print(tables.render("engine", args.markdown))
         return 0
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     if repeat < 1:

@@ -166,45 +166,6 @@ async def raw_pubsub_hop_ms(pubsub: str, firestore: str, hops: int, repeat: int)
         await b.cleanup()
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    """The README table of a stored result document."""
-    rows = [
-        "| workers | workflow | nodes/s, median (min..max) | API calls per node "
-        "| Firestore reads / writes per node | Pub/Sub calls per node | bytes written per node |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for w in (1, 2):
-        m = doc.get(f"workers_{w}")
-        if not m:
-            continue
-        for bp in ("chain", "fan"):
-            e = m[bp]
-            c = e["api_calls_per_node"]
-            s = e["nodes_per_s"]
-            reads = sum(
-                v
-                for k, v in c.items()
-                if k in ("firestore.get", "firestore.batch_get", "firestore.run_query")
-            )
-            writes = sum(
-                v for k, v in c.items() if k in ("firestore.commit", "firestore.begin_transaction")
-            )
-            pubsub = sum(v for k, v in c.items() if k.startswith("pubsub."))
-            rows.append(
-                f"| {w} | {bp} {e['nodes']} | {s['median']} ({s['min']}..{s['max']}) "
-                f"| {c['total']} | {reads:.2f} / {writes:.2f} | {pubsub:.2f} "
-                f"| {e['bytes_written_per_node']} |"
-            )
-    raw = doc.get("raw_pubsub_hop_ms")
-    if raw:
-        rows.append("")
-        rows.append(
-            f"Raw Pub/Sub emulator publish → pull → acknowledge hop: {raw['median']} ms "
-            f"({raw['min']}..{raw['max']}), i.e. {round(1000 / raw['median'], 1)} hops/s."
-        )
-    return "\n".join(rows)
-
-
 async def main() -> None:
     """Run the benchmark and print (and optionally store) the JSON document, or print the
     README table of a stored one (``--markdown``)."""
@@ -216,7 +177,9 @@ async def main() -> None:
     ap.add_argument("--markdown", type=Path, help="print the table of this stored JSON")
     args = ap.parse_args()
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        import tables  # benchmarks/tables.py, beside this script
+
+        print(tables.render("gcp", args.markdown))
         return
     n, repeat = (20, 1) if args.quick else (args.nodes, args.repeat)
     pubsub, firestore = get_service("pubsub"), get_service("firestore")

@@ -242,30 +242,6 @@ async def raw(
     return {"messages": n, "workers": workers, "messages_per_s": _stats(rates)}
 
 
-def markdown(path: str) -> str:
-    """The README table of a stored result."""
-    d = json.loads(Path(path).read_text())
-    lines = [
-        "| scenario | workers | Flowcraft nodes/s (inline 64) | every node a message "
-        "| raw Kafka msgs/s | Redis round trips/node | broker produces/node |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-
-    def f(s: dict[str, float]) -> str:
-        return f"{s['median']} ({s['min']}..{s['max']})"
-
-    for key, row in d["flowcraft"].items():
-        jobs = d["flowcraft_every_node_a_message"][key]
-        rw = d["raw_kafka"][key]
-        lines.append(
-            f"| {key} | {row['workers']} | {f(row['nodes_per_s'])} | {f(jobs['nodes_per_s'])} "
-            f"| {f(rw['messages_per_s'])} | {row['redis_round_trips_per_node']} / "
-            f"{jobs['redis_round_trips_per_node']} | {row['broker_produces_per_node']} / "
-            f"{jobs['broker_produces_per_node']} |"
-        )
-    return "\n".join(lines)
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -273,7 +249,9 @@ async def main() -> None:
     ap.add_argument("--markdown", metavar="RESULTS_JSON", help="print the README table")
     args = ap.parse_args()
     if args.markdown:
-        print(markdown(args.markdown))
+        import tables  # benchmarks/tables.py, beside this script
+
+        print(tables.render("kafka", args.markdown))
         return
     from flowcraft.testing.services import get_service, stop_all
 
