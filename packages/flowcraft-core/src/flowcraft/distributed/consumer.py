@@ -34,7 +34,9 @@ class PollingConsumer:
     ``receive`` waits for messages itself, as a long poll does). ``error_backoff`` is the same
     for a receive that raised (a broker or database outage): logged, then retried, never a hot
     loop. ``cancel_on_stop``: a long poll in progress is cancelled by :meth:`engine.stop()
-    <flowcraft.distributed.base.EngineBase.stop>` instead of running out.
+    <flowcraft.distributed.base.EngineBase.stop>` instead of running out. ``wake``: an event the
+    adapter sets when work may have arrived (a notification, a doorbell); an idle pause ends
+    at once when it is set, so the idle poll is only a safety net.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class PollingConsumer:
         error_backoff: tuple[float, float] = (0.05, 5.0),
         cancel_on_stop: bool = False,
         handler: JobHandler | None = None,
+        wake: asyncio.Event | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -59,6 +62,7 @@ class PollingConsumer:
         self.error_backoff = error_backoff
         self.cancel_on_stop = cancel_on_stop
         self.handler = handler
+        self.wake = wake
         self.tasks: set[asyncio.Task[Any]] = set()
         self.receive_errors = 0
         """Receives that raised, in a row (0 after a good one)."""
@@ -93,8 +97,8 @@ class PollingConsumer:
                     free.release()
                 if not msgs:
                     if pause > 0:
-                        await self._sleep(pause, stop)
-                        pause = min(pause * 2, self.idle[1])
+                        woken = await self._idle(pause, stop)
+                        pause = self.idle[0] if woken else min(pause * 2, self.idle[1])
                     continue
                 pause = self.idle[0]
                 for d in msgs:
@@ -121,6 +125,23 @@ class PollingConsumer:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await poll
         return ()
+
+    async def _idle(self, seconds: float, stop: asyncio.Event) -> bool:
+        """Pause after an empty receive; True when :attr:`wake` ended it early."""
+        wake = self.wake
+        if wake is None:
+            await self._sleep(seconds, stop)
+            return False
+        if not wake.is_set():
+            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
+            try:
+                await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        woken = wake.is_set()
+        wake.clear()
+        return woken
 
     @staticmethod
     async def _sleep(seconds: float, stop: asyncio.Event) -> None:

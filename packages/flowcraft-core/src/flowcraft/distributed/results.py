@@ -284,6 +284,14 @@ class PullSource(FinalSource):
         self.batch = batch
         """Runs per status read."""
         self._joined = asyncio.Event()
+        self._poked = False
+
+    def poke(self) -> None:
+        """Read the statuses now: the backend says a run's status changed (a doorbell).
+        Harmless when nobody waits."""
+        if self._running():
+            self._poked = True
+            self._joined.set()
 
     async def _armed(self, deadline: float | None) -> None:
         if self._running():
@@ -309,7 +317,8 @@ class PullSource(FinalSource):
             if left > 0 and await _wait_event(self._joined, left):
                 self._joined.clear()
                 delay = self.min_delay
-                due = min(due, time.monotonic() + delay)
+                due = min(due, time.monotonic() + (0.0 if self._poked else delay))
+                self._poked = False
                 continue
             ended = await self._round()
             delay = self.min_delay if ended else min(delay * 1.5, self.max_delay)
