@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from flowcraft.distributed.backends import run_worker
 from flowcraft.testing.killable import BLUEPRINT, REGISTRY, install_kill_point
@@ -21,6 +22,9 @@ def worker_main(db: str) -> None:
             stop=asyncio.Event(),
             lease_seconds=0.6,
             visibility_timeout=0.8,
+            # every node a queued job unless a test asks for inline successors: the commit
+            # points under test are those of queued deliveries
+            inline_successors=int(os.environ.get("FC_INLINE", "0")),
         )
 
     asyncio.run(main())

@@ -31,9 +31,11 @@ class SqliteFile:
 
 
 class TestSqliteConformance(AdapterConformanceSuite):
-    """Every conformance scenario on a fresh database file per test."""
+    """Every conformance scenario on a fresh database file per test, every node a queued job
+    (``inline_successors=0``; the class below runs them with inline successors)."""
 
     adapter_class = SqliteAdapter
+    worker_kwargs = {"inline_successors": 0}
 
     @pytest.fixture
     async def backend(self, tmp_path: Path) -> AsyncIterator[SqliteFile]:
@@ -73,8 +75,7 @@ class TestSqliteConformance(AdapterConformanceSuite):
 
 
 class TestSqliteInlineConformance(TestSqliteConformance):
-    """The same scenarios with inline successors (up to 8 per delivered job): SQLite has no
-    atomic commit-and-lease, so the successor's lease is taken after the commit and the run
-    read again before it runs."""
+    """The same scenarios with inline successors (up to 8 per delivered job): the commit takes
+    the successor's lease in the same transaction, and the worker runs it next."""
 
     worker_kwargs = {"inline_successors": 8}

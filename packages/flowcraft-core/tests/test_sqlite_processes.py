@@ -80,6 +80,21 @@ async def test_sigkill_mid_node(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+async def test_sigkill_mid_node_with_inline_successors(tmp_path: Path) -> None:
+    """As shipped (inline successors): the worker dies inside a node it runs inline after a
+    commit that took that node's lease; the lease expires, the delivered job comes back, and
+    only the killed node runs again."""
+    env = _env(tmp_path, FC_KILL_IN_NODE="b", FC_INLINE="64")
+    result, deaths = await _supervised_run(tmp_path, env)
+    assert_exact(result)
+    assert deaths == 1
+    ex = executions(tmp_path)
+    assert ex.count(("b", "start")) == 2 and ex.count(("b", "end")) == 1
+    for n in "acde":
+        assert ex.count((n, "start")) == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "node"),
     [

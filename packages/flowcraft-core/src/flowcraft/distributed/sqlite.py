@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -27,8 +28,9 @@ from ..context import PatchOperation
 from .adapter import BaseDistributedAdapter
 from .codec import decode_value, encode_value
 from .consumer import PollingConsumer
-from .contracts import Capabilities, JobPayload, Snapshot
+from .contracts import Capabilities, Changes, CommitResult, JobPayload, Snapshot
 from .delivery import Delivery, JobHandler
+from .doorbell import Doorbell
 from .results import FinalSource, PullSource
 
 log = logging.getLogger("flowcraft.sqlite")
@@ -78,6 +80,52 @@ CREATE TABLE IF NOT EXISTS fc_dead (
 """
 
 
+def _read_run(c: sqlite3.Connection, run_id: str) -> Snapshot:
+    """Inside a transaction: every key of a run and its version (0 and none when absent)."""
+    row = c.execute("SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+    data = {
+        k: decode_value(v)
+        for k, v in c.execute("SELECT key, value FROM fc_ctx WHERE run_id = ?", (run_id,))
+    }
+    return Snapshot(data, row[0] if row else 0)
+
+
+def _coord_op(c: sqlite3.Connection, now: float, op: str, key: str, value: str, ttl: float) -> Any:
+    """Inside a write transaction: one coordination operation; expired keys count as absent."""
+    row = c.execute("SELECT value, expires_at FROM fc_coord WHERE key = ?", (key,)).fetchone()
+    live = row is not None and row[1] > now
+    cur = row[0] if live else None
+    if op == "get":
+        return cur
+    if op == "delete":
+        c.execute("DELETE FROM fc_coord WHERE key = ?", (key,))
+        return None
+    if op == "cad":
+        if live and cur == value:
+            c.execute("DELETE FROM fc_coord WHERE key = ?", (key,))
+            return True
+        return False
+    if op == "extend":
+        if not live:
+            return False
+        c.execute("UPDATE fc_coord SET expires_at = ? WHERE key = ?", (now + ttl, key))
+        return True
+    if op == "setnx":
+        if live:
+            return False
+        new = value
+    elif op == "incr":
+        new = str(int(cur) + 1 if cur is not None else 1)
+    else:  # pragma: no cover
+        raise ValueError(op)
+    c.execute(
+        "INSERT INTO fc_coord (key, value, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+        (key, new, now + ttl),
+    )
+    return True if op == "setnx" else int(new)
+
+
 class SqliteBackend:
     """One connection to a Flowcraft SQLite database, used by adapters, contexts and stores."""
 
@@ -98,6 +146,10 @@ class SqliteBackend:
         self._lock = threading.Lock()
         self.commits = 0
         self.bytes_written = 0
+        self.bell = Doorbell(os.path.abspath(self.path))
+        """Rings ``jobs`` when a message becomes visible now and ``runs`` when a run's
+        indexed status or result changes, so idle workers and waiting clients of any process
+        on this machine wake at once (see :mod:`~flowcraft.distributed.doorbell`)."""
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -156,6 +208,7 @@ class SqliteBackend:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self.bell.close()  # the ringing socket (listeners belong to adapters)
 
         self._pool.submit(shut).result()
         self._pool.shutdown(wait=True)
@@ -168,6 +221,8 @@ class SqliteBackend:
 
         def q(c: sqlite3.Connection) -> None:
             c.execute("INSERT INTO fc_jobs (body, available_at) VALUES (?, ?)", (body, at))
+            if delay <= 0:
+                self.bell.ring("jobs")
 
         await self.call(q)
 
@@ -207,11 +262,13 @@ class SqliteBackend:
     async def nack(self, message_id: int, delay: float = 0.0) -> None:
         """Make a delivered message visible again after ``delay``."""
         at = time.time() + delay
-        await self.call(
-            lambda c: c.execute(
-                "UPDATE fc_jobs SET available_at = ? WHERE id = ?", (at, message_id)
-            )
-        )
+
+        def q(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE fc_jobs SET available_at = ? WHERE id = ?", (at, message_id))
+            if delay <= 0:
+                self.bell.ring("jobs")
+
+        await self.call(q)
 
     async def extend(self, message_id: int, seconds: float) -> None:
         """Keep a delivered message invisible for ``seconds`` more."""
@@ -257,16 +314,7 @@ class SqliteBackend:
 
         def q(c: sqlite3.Connection) -> Snapshot:
             with self._tx(c, immediate=False):
-                row = c.execute(
-                    "SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)
-                ).fetchone()
-                data = {
-                    k: decode_value(v)
-                    for k, v in c.execute(
-                        "SELECT key, value FROM fc_ctx WHERE run_id = ?", (run_id,)
-                    )
-                }
-            return Snapshot(data, row[0] if row else 0)
+                return _read_run(c, run_id)
 
         return await self.call(q)
 
@@ -290,48 +338,69 @@ class SqliteBackend:
     ) -> bool:
         """Apply ``ops`` atomically; with ``expected`` only if the version still matches;
         ``status`` (when given) becomes the run's indexed status."""
-        enc = [
+        enc = self._encode(ops)
+
+        def q(c: sqlite3.Connection) -> bool:
+            with self._tx(c):
+                if not self._apply(c, run_id, enc, expected, status):
+                    return False
+            self._committed(enc, status)
+            return True
+
+        return await self.call(q)
+
+    def _encode(self, ops: Sequence[PatchOperation]) -> list[tuple[PatchOperation, str]]:
+        """Each operation with its stored text (before the transaction: a value that cannot
+        be stored fails here, with nothing written)."""
+        return [
             (op, encode_value(op.key, op.value, self.max_value_bytes) if op.op == "set" else "")
             for op in ops
         ]
 
-        def q(c: sqlite3.Connection) -> bool:
-            with self._tx(c):
-                row = c.execute(
-                    "SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)
-                ).fetchone()
-                version = row[0] if row else 0
-                if expected is not None and version != expected:
-                    return False
-                last = {op.key: (op, text) for op, text in enc}  # in order: the last op wins
-                sets = [(run_id, op.key, text) for op, text in last.values() if op.op == "set"]
-                dels = [(run_id, op.key) for op, _ in last.values() if op.op == "delete"]
-                if sets:
-                    c.executemany(
-                        "INSERT INTO fc_ctx (run_id, key, value) VALUES (?, ?, ?) "
-                        "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-                        sets,
-                    )
-                if dels:
-                    c.executemany("DELETE FROM fc_ctx WHERE run_id = ? AND key = ?", dels)
-                now = time.time()
-                if row is None:
-                    c.execute(
-                        "INSERT INTO fc_runs (run_id, version, status, updated_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (run_id, version + 1, status or "running", now),
-                    )
-                else:
-                    c.execute(
-                        "UPDATE fc_runs SET version = ?, status = COALESCE(?, status), "
-                        "updated_at = ? WHERE run_id = ?",
-                        (version + 1, status, now, run_id),
-                    )
-            self.commits += 1
-            self.bytes_written += sum(len(op.key) + len(t) for op, t in enc if op.op == "set")
-            return True
+    @staticmethod
+    def _apply(
+        c: sqlite3.Connection,
+        run_id: str,
+        enc: list[tuple[PatchOperation, str]],
+        expected: int | None,
+        status: str | None,
+    ) -> bool:
+        """Inside a write transaction: the version check, the writes and the version bump."""
+        row = c.execute("SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        version = row[0] if row else 0
+        if expected is not None and version != expected:
+            return False
+        last = {op.key: (op, text) for op, text in enc}  # in order: the last op wins
+        sets = [(run_id, op.key, text) for op, text in last.values() if op.op == "set"]
+        dels = [(run_id, op.key) for op, _ in last.values() if op.op == "delete"]
+        if sets:
+            c.executemany(
+                "INSERT INTO fc_ctx (run_id, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                sets,
+            )
+        if dels:
+            c.executemany("DELETE FROM fc_ctx WHERE run_id = ? AND key = ?", dels)
+        now = time.time()
+        if row is None:
+            c.execute(
+                "INSERT INTO fc_runs (run_id, version, status, updated_at) VALUES (?, ?, ?, ?)",
+                (run_id, version + 1, status or "running", now),
+            )
+        else:
+            c.execute(
+                "UPDATE fc_runs SET version = ?, status = COALESCE(?, status), "
+                "updated_at = ? WHERE run_id = ?",
+                (version + 1, status, now, run_id),
+            )
+        return True
 
-        return await self.call(q)
+    def _committed(self, enc: list[tuple[PatchOperation, str]], status: str | None) -> None:
+        """After a commit: counters, and the doorbell when the run's status was written."""
+        self.commits += 1
+        self.bytes_written += sum(len(op.key) + len(t) for op, t in enc if op.op == "set")
+        if status is not None:
+            self.bell.ring("runs")
 
     async def run_statuses(self, run_ids: Sequence[str]) -> dict[str, str | None]:
         """The indexed status of each run (None when absent), in one query per 500 runs."""
@@ -364,13 +433,16 @@ class SqliteBackend:
     async def put_result(self, run_id: str, result: Mapping[str, Any]) -> None:
         """Store a run's published final result."""
         text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
-        await self.call(
-            lambda c: c.execute(
+
+        def q(c: sqlite3.Connection) -> None:
+            c.execute(
                 "INSERT INTO fc_results (run_id, result) VALUES (?, ?) "
                 "ON CONFLICT (run_id) DO UPDATE SET result = excluded.result",
                 (run_id, text),
             )
-        )
+            self.bell.ring("runs")
+
+        await self.call(q)
 
     # -- coordination ----------------------------------------------------------------------------
 
@@ -378,43 +450,54 @@ class SqliteBackend:
         """One coordination operation, atomically; expired keys count as absent."""
 
         def q(c: sqlite3.Connection) -> Any:
-            now = time.time()
             with self._tx(c):
-                row = c.execute(
-                    "SELECT value, expires_at FROM fc_coord WHERE key = ?", (key,)
-                ).fetchone()
-                live = row is not None and row[1] > now
-                cur = row[0] if live else None
-                if op == "get":
-                    return cur
-                if op == "delete":
-                    c.execute("DELETE FROM fc_coord WHERE key = ?", (key,))
+                return _coord_op(c, time.time(), op, key, value, ttl)
+
+        return await self.call(q)
+
+    # -- the incremental protocol (lease with the read, leases with the commit) ---------------
+
+    async def load_leased(
+        self, run_id: str, lease: tuple[str, str, float] | None
+    ) -> Snapshot | None:
+        """Take ``lease`` ((key, token, ttl); None when someone else holds it) and read the
+        run, in one transaction."""
+        if lease is None:
+            return await self.load(run_id)
+
+        def q(c: sqlite3.Connection) -> Snapshot | None:
+            with self._tx(c):
+                if not _coord_op(c, time.time(), "setnx", lease[0], lease[1], lease[2]):
                     return None
-                if op == "cad":
-                    if live and cur == value:
-                        c.execute("DELETE FROM fc_coord WHERE key = ?", (key,))
-                        return True
-                    return False
-                if op == "extend":
-                    if not live:
-                        return False
-                    c.execute("UPDATE fc_coord SET expires_at = ? WHERE key = ?", (now + ttl, key))
-                    return True
-                if op == "setnx":
-                    if live:
-                        return False
-                    new = value
-                elif op == "incr":
-                    new = str(int(cur) + 1 if cur is not None else 1)
-                else:  # pragma: no cover
-                    raise ValueError(op)
-                c.execute(
-                    "INSERT INTO fc_coord (key, value, expires_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                    "expires_at = excluded.expires_at",
-                    (key, new, now + ttl),
-                )
-                return True if op == "setnx" else int(new)
+                return _read_run(c, run_id)
+
+        return await self.call(q)
+
+    async def commit_release(
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int,
+        release: Sequence[tuple[str, str]],
+        take: Sequence[tuple[str, str]],
+        ttl: float,
+        status: str | None,
+    ) -> list[bool] | None:
+        """:meth:`commit`; when it succeeded, release the leases ``release`` and take those of
+        ``take`` for ``ttl`` seconds, in the same transaction. None on a version mismatch,
+        else which of ``take`` were taken."""
+        enc = self._encode(ops)
+
+        def q(c: sqlite3.Connection) -> list[bool] | None:
+            with self._tx(c):
+                if not self._apply(c, run_id, enc, expected, status):
+                    return None
+                now = time.time()
+                for key, token in release:
+                    _coord_op(c, now, "cad", key, token, 0.0)
+                taken = [bool(_coord_op(c, now, "setnx", k, t, ttl)) for k, t in take]
+            self._committed(enc, status)
+            return taken
 
         return await self.call(q)
 
@@ -500,6 +583,45 @@ class SqliteRunContext:
         """See DistributedContext."""
         return await self._b.commit(self._run_id, ops, expected_version, status)
 
+    # IncrementalContext: the lease travels with the read and the commit (one transaction
+    # each), so an inline successor needs no second read; reads are always full.
+
+    async def load_since(
+        self, since: int, epoch: str, lease: tuple[str, str, float] | None = None
+    ) -> Changes | None:
+        """See IncrementalContext (a full read; None when ``lease`` is held elsewhere)."""
+        snap = await self._b.load_leased(self._run_id, lease)
+        return None if snap is None else Changes(snap.version, "", True, snap.data)
+
+    async def commit_release(
+        self,
+        ops: list[PatchOperation],
+        expected_version: int,
+        release: Sequence[tuple[str, str]] = (),
+        take: Sequence[tuple[str, str]] = (),
+        ttl_seconds: float = 0.0,
+        epoch: str = "",
+        status: str | None = None,
+    ) -> CommitResult:
+        """See IncrementalContext (a refusal carries no changes: the engine reloads)."""
+        taken = await self._b.commit_release(
+            self._run_id, ops, expected_version, release, take, ttl_seconds, status
+        )
+        return CommitResult(False) if taken is None else CommitResult(True, "", taken)
+
+    async def lease_holder(self, key: str) -> str | None:
+        """See IncrementalContext."""
+        held: str | None = await self._b.coord("get", key)
+        return held
+
+    async def extend_lease(self, key: str, ttl_seconds: float) -> bool:
+        """See IncrementalContext."""
+        return bool(await self._b.coord("extend", key, ttl=ttl_seconds))
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """See IncrementalContext."""
+        return bool(await self._b.coord("cad", key, token))
+
 
 class SqliteAdapter(BaseDistributedAdapter):
     """A worker (or client) on a SQLite database file; run one per process."""
@@ -529,10 +651,14 @@ class SqliteAdapter(BaseDistributedAdapter):
             else SqliteBackend(backend, visibility_timeout=visibility_timeout)
         )
         kwargs.setdefault("coordination_store", SqliteCoordinationStore(self.backend))
+        # A commit takes its successor's lease in the same transaction, so the worker runs
+        # the successor next without a queue hop or a second read (docs/distributed.md).
+        kwargs.setdefault("inline_successors", 64)
         super().__init__(**kwargs)
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
+        self._bell = Doorbell(os.path.abspath(self.backend.path))  # this adapter's listeners
 
     async def create_context(self, run_id: str) -> SqliteRunContext:
         """See BaseDistributedAdapter."""
@@ -562,27 +688,39 @@ class SqliteAdapter(BaseDistributedAdapter):
 
     def final_source(self) -> FinalSource:
         """See BaseDistributedAdapter: polls the indexed statuses of all waiting runs at once,
-        2 to 100 ms apart (SQLite cannot notify across processes)."""
+        2 to 100 ms apart, and at once when a commit on this machine rings the doorbell."""
         src: FinalSource | None = getattr(self, "_final_source", None)
         if src is None:
-            src = PullSource(self.backend.run_statuses, min_delay=0.002, max_delay=0.1)
-            self._final_source = src
+            pull = PullSource(self.backend.run_statuses, min_delay=0.002, max_delay=0.1)
+            try:
+                self._bell.listen("runs", pull.poke)
+            except RuntimeError:  # no running loop: polling only
+                pass
+            self._final_source = src = pull
         return src
 
     async def aclose(self) -> None:
         """Close the database connection if this adapter opened it."""
+        self._bell.close()
         if self._owns_backend:
             await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
 
     async def process_jobs(self, handler: JobHandler) -> None:
         """Claim and handle jobs until :meth:`stop`; up to ``concurrency`` at once."""
-        await PollingConsumer(
-            self,
-            self._receive,
-            concurrency=self.concurrency,
-            idle=(self.poll_interval, self.max_poll_interval),
-            handler=handler,
-        ).run()
+        wake = asyncio.Event()
+        unlisten = self._bell.listen("jobs", wake.set)
+        try:
+            await PollingConsumer(
+                self,
+                self._receive,
+                concurrency=self.concurrency,
+                idle=(self.poll_interval, self.max_poll_interval),
+                handler=handler,
+                wake=wake,
+            ).run()
+        finally:
+            if unlisten is not None:
+                unlisten()
 
     async def _receive(self, n: int) -> list[Delivery]:
         return [Delivery(body, mid, count) for mid, body, count in await self.backend.claim(n)]
