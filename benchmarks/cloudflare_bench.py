@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import time
 import uuid
@@ -29,17 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import summary
 from bullmq_bench import REGISTRY, blueprints
 from flowcraft.testing import services
 from flowcraft_cloudflare import CloudflareAdapter, WorkerStats
-
-
-def _stats(xs: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(xs), 1),
-        "min": round(min(xs), 1),
-        "max": round(max(xs), 1),
-    }
 
 
 async def scenario(
@@ -82,7 +74,7 @@ async def scenario(
         "nodes": nodes,
         "workers": workers,
         "inline_successors": "default" if inline is None else inline,
-        "nodes_per_s": _stats(rates),
+        "nodes_per_s": summary(rates),
         "http_requests_per_node": round(sum(reqs.values()) / nodes, 2),
         "http_requests_by_route_per_node": {
             k: round(v / nodes, 2) for k, v in sorted(reqs.items())

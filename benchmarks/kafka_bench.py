@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import platform
-import statistics
 import sys
 import time
 import uuid
@@ -34,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import Workers, summary
 from bullmq_bench import REGISTRY, blueprints, round_trips
 
 CONCURRENCY = 8
@@ -105,31 +104,6 @@ def raw_worker(
     c.close()
 
 
-class Workers:
-    """``count`` worker processes running ``target``."""
-
-    def __init__(self, target: Any, count: int, *args: Any) -> None:
-        ctx = mp.get_context("spawn")
-        self.stop = ctx.Event()
-        self.ready = [ctx.Event() for _ in range(count)]
-        self.procs = [ctx.Process(target=target, args=(*args, r, self.stop)) for r in self.ready]
-
-    def __enter__(self) -> Workers:
-        for p in self.procs:
-            p.start()
-        for r in self.ready:
-            if not r.wait(60):
-                raise RuntimeError("worker process did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for p in self.procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-
-
 def _produced(boot: str, topics: list[str]) -> int:
     """Messages in ``topics`` (sum of high watermarks)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -143,14 +117,6 @@ def _produced(boot: str, topics: list[str]) -> int:
         return total
     finally:
         c.close()
-
-
-def _stats(rows: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(rows), 1),
-        "min": round(min(rows), 1),
-        "max": round(max(rows), 1),
-    }
 
 
 async def flowcraft(
@@ -194,7 +160,7 @@ async def flowcraft(
         "nodes": nodes,
         "workers": workers,
         "inline_successors": inline,
-        "nodes_per_s": _stats(rates),
+        "nodes_per_s": summary(rates),
         "redis_round_trips_per_node": round(sum(rt.values()) / nodes, 2),
         "redis_round_trips_by_request": {k: round(v / nodes, 2) for k, v in rt.items()},
         "broker_produces_per_node": round((after - before) / nodes, 2),
@@ -239,7 +205,7 @@ async def raw(
             if i:
                 rates.append(n / dt)
     await r.aclose()
-    return {"messages": n, "workers": workers, "messages_per_s": _stats(rates)}
+    return {"messages": n, "workers": workers, "messages_per_s": summary(rates)}
 
 
 async def main() -> None:

@@ -3,6 +3,9 @@ separate worker processes. Prints JSON with throughput and the commit audit.
 
     uv run python benchmarks/load_sqlite.py [--runs 1000] [--workers 2] [--concurrency 16]
 
+``worker_peak_rss_mib``: each worker's peak resident memory (run it with ``--runs 1000`` and
+``--runs 10000`` to see how it grows with the number of runs in flight).
+
 The audit is read from the store, not from the workers: every run must be ``completed`` with
 exactly 10 completed nodes and outputs, and its version (its number of commits) must lie between
 2 and 11: 1 creation plus at most one commit per node (a worker commits the outcomes of one run
@@ -18,10 +21,12 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import resource
 import sqlite3
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from flowcraft import NodeContext, NodeResult, load_blueprint
@@ -67,6 +72,15 @@ def _worker(db: str, concurrency: int) -> None:
             f"sqlite:{db}", registry=REGISTRY, blueprints=[BLUEPRINT], concurrency=concurrency
         )
     )
+    # peak resident memory of this worker (KiB on Linux), read by main() after the drain
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path(f"{db}.rss-{os.getpid()}").write_text(str(peak), encoding="utf-8")
+
+
+def _peak_rss_mib(db: str) -> list[float]:
+    """The peak RSS of every worker that drained and exited, in MiB."""
+    files = sorted(Path(db).parent.glob(Path(db).name + ".rss-*"))
+    return [round(int(f.read_text(encoding="utf-8")) / 1024, 1) for f in files]
 
 
 def audit(db: str) -> dict[str, Any]:
@@ -172,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             pr.join(30)
     report = {"scenario": f"{a.runs} runs of a {NODES}-node fan-out/fan-in", "workers": a.workers}
     report |= timing
+    report["worker_peak_rss_mib"] = _peak_rss_mib(db)
     report["audit"] = audit(db)
     ok = (
         report["audit"]["runs_by_status"] == {"completed": a.runs}

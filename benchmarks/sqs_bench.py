@@ -40,38 +40,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "integration-tests"))
 
-from flowcraft.nodes import NodeContext, NodeResult  # noqa: E402
+from bench_common import REGISTRY, chain_bp, fan_bp  # noqa: E402
 from flowcraft_sqs import SqsAdapter  # noqa: E402
 from services import get_service  # noqa: E402
 from sqs_support import SqsResources, make_resources  # noqa: E402
-
-
-async def _step(ctx: NodeContext) -> NodeResult:
-    return NodeResult((ctx.input or 0) + 1)
-
-
-async def _join(ctx: NodeContext) -> NodeResult:
-    return NodeResult(len(ctx.input or {}))
-
-
-REGISTRY = {"step": _step, "join": _join}
-
-
-def chain_bp(n: int) -> dict[str, Any]:
-    """``n0 -> n1 -> ... -> n{n-1}``."""
-    nodes = [{"id": f"n{i}", "uses": "step"} for i in range(n)]
-    edges = [{"source": f"n{i}", "target": f"n{i + 1}"} for i in range(n - 1)]
-    return {"id": "chain", "nodes": nodes, "edges": edges}
-
-
-def fan_bp(n: int) -> dict[str, Any]:
-    """``src -> w0..w{n-1} -> join``."""
-    nodes = [{"id": "src", "uses": "step"}]
-    nodes += [{"id": f"w{i}", "uses": "step"} for i in range(n)]
-    nodes.append({"id": "join", "uses": "join", "config": {"joinStrategy": "all"}})
-    edges = [{"source": "src", "target": f"w{i}"} for i in range(n)]
-    edges += [{"source": f"w{i}", "target": "join"} for i in range(n)]
-    return {"id": "fan", "nodes": nodes, "edges": edges}
 
 
 async def _timed_run(client: SqsAdapter, bp: str) -> float:

@@ -127,6 +127,24 @@ def rabbitmq(doc: Doc) -> str:
     return "\n".join(rows)
 
 
+def sqlite(doc: Doc) -> str:
+    """Worker processes on one SQLite file, both modes, against raw queue hops
+    (``sqlite_bench.py``)."""
+    rows = [
+        "| scenario | Flowcraft nodes/s (as shipped) | every node a job | raw SQLite queue msgs/s "
+        "| result seen after the final commit, ms | SQLite calls per node |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, f in doc["flowcraft"].items():
+        j, r = doc["flowcraft_every_node_a_job"][key], doc["raw_sqlite"][key]
+        rows.append(
+            f"| {key} | {_mmm(f['nodes_per_s'])} | {_mmm(j['nodes_per_s'])} "
+            f"| {_mmm(r['messages_per_s'])} | {_mmm(f['result_lag_ms'], 2)} "
+            f"| {f['sqlite_calls_per_node']} / {j['sqlite_calls_per_node']} |"
+        )
+    return "\n".join(rows)
+
+
 def sqs(doc: Doc) -> str:
     """SQS + DynamoDB on moto (``sqs_bench.py``)."""
     rows = [
@@ -226,6 +244,7 @@ RENDERERS: dict[str, Callable[[Doc], str]] = {
     "duplicate_storm": duplicate_storm,
     "bullmq": bullmq,
     "rabbitmq": rabbitmq,
+    "sqlite": sqlite,
     "sqs": sqs,
     "gcp": _cloud("gcp", "raw_pubsub_hop_ms"),
     "azure": _cloud("azure", "raw_queue_hop_ms"),

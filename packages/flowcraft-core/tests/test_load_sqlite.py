@@ -26,6 +26,7 @@ def test_thousand_runs_two_worker_processes(
             f"\nload: {report['runs']} runs in {report['total_seconds']} s, "
             f"{report['nodes_per_s']} nodes/s"
         )
+    assert len(report["worker_peak_rss_mib"]) == 2  # both workers drained and reported
     assert report["audit"].pop("problem_examples") == [], report
     assert 1 <= report["audit"].pop("node_commits_per_run") <= 10
     assert report["audit"] == {
