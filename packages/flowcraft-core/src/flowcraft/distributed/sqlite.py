@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ..context import PatchOperation
+from ..state import FINAL_STATUSES
 from .adapter import BaseDistributedAdapter
 from .codec import decode_value, encode_value
 from .consumer import PollingConsumer
@@ -226,6 +227,20 @@ class SqliteBackend:
 
         await self.call(q)
 
+    async def put_many(self, bodies: Sequence[str]) -> None:
+        """Enqueue messages deliverable now, in one transaction."""
+        at = time.time()
+
+        def q(c: sqlite3.Connection) -> None:
+            with self._tx(c):
+                c.executemany(
+                    "INSERT INTO fc_jobs (body, available_at) VALUES (?, ?)",
+                    [(b, at) for b in bodies],
+                )
+            self.bell.ring("jobs")
+
+        await self.call(q)
+
     async def claim(self, limit: int) -> list[tuple[int, str, int]]:
         """Take up to ``limit`` visible messages, making them invisible for the visibility
         timeout; returns ``(id, body, receive_count)``."""
@@ -399,7 +414,7 @@ class SqliteBackend:
         """After a commit: counters, and the doorbell when the run's status was written."""
         self.commits += 1
         self.bytes_written += sum(len(op.key) + len(t) for op, t in enc if op.op == "set")
-        if status is not None:
+        if status in FINAL_STATUSES:  # what clients waiting for results wait for
             self.bell.ring("runs")
 
     async def run_statuses(self, run_ids: Sequence[str]) -> dict[str, str | None]:
@@ -669,6 +684,12 @@ class SqliteAdapter(BaseDistributedAdapter):
     ) -> None:
         """See BaseDistributedAdapter."""
         await self.backend.put(job.to_json(), delay)
+
+    async def enqueue_jobs(
+        self, jobs: Sequence[tuple[JobPayload, Mapping[str, Any] | None]]
+    ) -> None:
+        """See BaseDistributedAdapter: one transaction for all of them."""
+        await self.backend.put_many([job.to_json() for job, _ in jobs])
 
     async def publish_final_result(self, run_id: str, result: Mapping[str, Any]) -> None:
         """See BaseDistributedAdapter: stored in ``fc_results``."""
