@@ -63,6 +63,19 @@ async def test_a_ring_from_another_process_wakes_this_one(tmp_path: Path) -> Non
     bell.close()
 
 
+async def test_a_process_that_never_closes_its_listener_leaves_no_socket(tmp_path: Path) -> None:
+    key = str(tmp_path / "db")
+    code = (
+        "import asyncio, sys; from flowcraft.distributed.doorbell import Doorbell\n"
+        "async def main():\n"
+        "    assert Doorbell(sys.argv[1]).listen('runs', lambda: None) is not None\n"
+        "asyncio.run(main())"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, key)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert not Doorbell(key).dir.exists()  # socket and directory removed at exit
+
+
 async def test_a_dead_listeners_socket_is_removed_by_the_next_ring(tmp_path: Path) -> None:
     bell = Doorbell(str(tmp_path / "db"))
     assert bell.listen("jobs", lambda: None) is not None

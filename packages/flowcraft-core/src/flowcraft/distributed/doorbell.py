@@ -14,6 +14,7 @@ processes that died are removed by the next ring that finds nobody bound to them
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -28,6 +29,20 @@ from pathlib import Path
 log = logging.getLogger("flowcraft.distributed")
 
 __all__ = ["Doorbell"]
+
+_BOUND: set[Path] = set()
+"""Socket files this process bound and has not removed yet (removed at exit if still there:
+an adapter that was never closed leaves nothing behind)."""
+
+
+@atexit.register
+def _remove_bound() -> None:
+    for path in list(_BOUND):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+    _BOUND.clear()
 
 
 class Doorbell:
@@ -82,6 +97,7 @@ class Doorbell:
             callback()
 
         loop.add_reader(sock.fileno(), drain)
+        _BOUND.add(path)
         entry = (sock, path, loop)
         self._listeners.append(entry)
 
@@ -124,6 +140,7 @@ class Doorbell:
         with contextlib.suppress(Exception):
             loop.remove_reader(sock.fileno())
         sock.close()
+        _BOUND.discard(path)
         with contextlib.suppress(OSError):
             path.unlink()
         with contextlib.suppress(OSError):
