@@ -60,7 +60,7 @@ class Doorbell:
         """Whether the socket directory exists and is ours alone (created on first use)."""
         if self._usable is None:
             self._usable = False
-            if hasattr(socket, "AF_UNIX"):
+            if hasattr(socket, "AF_UNIX") and hasattr(os, "getuid"):
                 with contextlib.suppress(FileExistsError, OSError):
                     self.dir.mkdir(mode=0o700)
                 try:
@@ -110,7 +110,7 @@ class Doorbell:
 
     def ring(self, channel: str) -> None:
         """Wake every listener of ``channel`` (any process). Never raises, never blocks."""
-        if not self._listeners and self._usable is False:
+        if self._usable is False:  # this process found the directory unusable: poll only
             return
         try:
             names = os.listdir(self.dir)
