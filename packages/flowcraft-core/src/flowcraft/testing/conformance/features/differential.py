@@ -424,12 +424,17 @@ class DifferentialTests(SuiteBase):
     workers see concurrent runs); ``differential_examples * differential_batch`` cases per
     test."""
     differential_slow_examples: ClassVar[int] = DEFAULT_SLOW_EXAMPLES
+    """Cases of the ``slow`` sweep (on demand: ``pytest -m slow`` or ``FLOWCRAFT_SLOW=1``)."""
     differential_poll_seconds: ClassVar[float] = 0.005
     """How often each case's client reads the run's status (a full run load). A backend
     served by one emulator process sets more, so a batch of polling clients does not crowd
     out its workers; a client polling less often may miss short phases, which the oracle
     allows (see :func:`assert_same_observation`)."""
-    """Cases of the ``slow`` sweep (on demand: ``pytest -m slow`` or ``FLOWCRAFT_SLOW=1``)."""
+    differential_adapter_kwargs: ClassVar[Mapping[str, Any]] = {}
+    """Adapter keyword arguments of differential runs, which inject no crash and compare
+    execution counts exactly: for example a longer visibility timeout than the crash tests
+    use, where a batch of runs on one emulator can delay a message's visibility extension
+    until after it became visible again (its redelivery would run the node twice)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Rebuild the hypothesis tests of a subclass that changes the example counts."""
@@ -469,7 +474,8 @@ class DifferentialTests(SuiteBase):
         injected, and execution counts are compared with the in-memory run's), plus the
         adapter's own for duplicate delivery."""
         kwargs: dict[str, Any] = {
-            "lease_seconds": max(self.lease_seconds, self.steady_lease_seconds)
+            "lease_seconds": max(self.lease_seconds, self.steady_lease_seconds),
+            **self.differential_adapter_kwargs,
         }
         if duplicates:
             kwargs.update(self.delivered_duplicates_kwargs())
