@@ -239,6 +239,23 @@ def cloudflare(doc: Doc) -> str:
 
 
 #: Stored-run name -> the function that renders its table.
+def scale(doc: Doc) -> str:
+    """N concurrent runs on SQLite and BullMQ, with each worker's peak memory (``scale.py``)."""
+    rows = [
+        "| backend | runs | peak runs in flight | seconds | nodes/s "
+        "| worker peak RSS, MiB | all completed |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in doc["rows"]:
+        rss = " / ".join(f"{x:.1f}" for x in r["worker_peak_rss_mib"])
+        ok = "yes" if r["runs_not_completed"] == 0 else f"**{r['runs_not_completed']} not**"
+        rows.append(
+            f"| {r['backend']} | {r['runs']:,} | {r['peak_active_runs']:,} "
+            f"| {r['total_seconds']:.1f} | {r['nodes_per_s']:.0f} | {rss} | {ok} |"
+        )
+    return "\n".join(rows)
+
+
 RENDERERS: dict[str, Callable[[Doc], str]] = {
     "engine": engine,
     "duplicate_storm": duplicate_storm,
@@ -250,6 +267,7 @@ RENDERERS: dict[str, Callable[[Doc], str]] = {
     "azure": _cloud("azure", "raw_queue_hop_ms"),
     "kafka": kafka,
     "cloudflare": cloudflare,
+    "scale": scale,
 }
 
 
