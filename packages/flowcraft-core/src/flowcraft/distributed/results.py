@@ -33,9 +33,6 @@ log = logging.getLogger("flowcraft.distributed")
 _WATCHDOG = 1.0
 """Seconds after which a :class:`PullSource` waiter makes sure the poller still runs."""
 
-READ_CHUNK = 500
-"""Runs per :data:`StatusReader` call when many waiters read at once."""
-
 StatusReader = Callable[[Sequence[str]], Awaitable[Mapping[str, str | None]]]
 """Reads the current status of runs: ``{run_id: status}``, with ``None`` (or no entry) for a
 run that does not exist."""
@@ -81,9 +78,6 @@ class FinalSource(ABC):
         self._statuses = statuses
         self._waiting: dict[str, list[_Waiter]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._reads: list[tuple[str, asyncio.Future[str | None]]] | None = None
-        self._reads_loop: asyncio.AbstractEventLoop | None = None
-        self._readers: set[asyncio.Task[None]] = set()
 
     # -- the waiting, for every kind of source -----------------------------------------------
 
@@ -154,44 +148,7 @@ class FinalSource(ABC):
         """The run's status after :meth:`_sleep` (``last``: the status known before)."""
 
     async def _read(self, run_id: str) -> str | None:
-        """``run_id``'s status. The reads of all waiters that ask in the same moment share
-        one :data:`StatusReader` call (in chunks of :data:`READ_CHUNK` runs), so a client
-        awaiting 10,000 results at once makes a few reads, not 10,000 concurrent requests
-        that exhaust its connection pool."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[str | None] = loop.create_future()
-        if self._reads is None or self._reads_loop is not loop:
-            self._reads, self._reads_loop = [], loop
-            loop.call_soon(self._start_reading)
-        self._reads.append((run_id, fut))
-        return await fut
-
-    def _start_reading(self) -> None:
-        """Hand the reads asked for so far to one reader task."""
-        batch, self._reads = self._reads or [], None
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._read_many(batch))
-            self._readers.add(task)
-            task.add_done_callback(self._readers.discard)
-
-    async def _read_many(self, batch: list[tuple[str, asyncio.Future[str | None]]]) -> None:
-        try:
-            for i in range(0, len(batch), READ_CHUNK):
-                part = batch[i : i + READ_CHUNK]
-                try:
-                    got = await self._statuses(list(dict.fromkeys(rid for rid, _ in part)))
-                except Exception as exc:  # each waiter raises what the read raised
-                    for _, fut in part:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for rid, fut in part:
-                    if not fut.done():  # a waiter cancelled meanwhile
-                        fut.set_result(got.get(rid))
-        finally:  # cancelled (the loop is closing): no waiter is left hanging
-            for _, fut in batch:
-                if not fut.done():
-                    fut.cancel()
+        return (await self._statuses([run_id])).get(run_id)
 
     def _forget(self, run_id: str, w: _Waiter) -> None:
         waiters = self._waiting.get(run_id)
