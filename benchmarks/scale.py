@@ -44,6 +44,7 @@ from flowcraft.distributed.sqlite import SqliteAdapter  # noqa: E402
 WORKERS = 2
 CONCURRENCY = 16
 EXPECTED_JOIN = 2 * load_sqlite.WIDTH
+WAIT_CHUNK = 50
 
 
 def _worker(url: str, rss_file: str, ready: Any, stop: Any) -> None:
@@ -96,7 +97,11 @@ async def drive(url: str, runs: int, timeout: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         ids = [await client.start_run("fan10", {}) for _ in range(runs)]
         t_started = time.perf_counter()
-        await asyncio.gather(*(client.wait_for_final(i, timeout) for i in ids))
+        # Waits in chunks: thousands of waits at once make one status request each, at
+        # once, and exhaust the Redis client's connection pool (MaxConnectionsError).
+        for k in range(0, len(ids), WAIT_CHUNK):
+            part = ids[k : k + WAIT_CHUNK]
+            await asyncio.gather(*(client.wait_for_final(i, timeout) for i in part))
         t1 = time.perf_counter()
         sampling = False
         await sampler
