@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT / "integration-tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import load_sqlite  # noqa: E402
+from bench_common import Workers  # noqa: E402
 from flowcraft.distributed.backends import open_adapter, run_worker  # noqa: E402
 from flowcraft.distributed.sqlite import SqliteAdapter  # noqa: E402
 
@@ -47,13 +47,18 @@ EXPECTED_JOIN = 2 * load_sqlite.WIDTH
 WAIT_CHUNK = 50
 
 
-def _worker(url: str, rss_file: str, ready: Any, stop: Any) -> None:
-    """One worker process on ``url`` until ``stop``; writes its peak RSS (KiB) to ``rss_file``."""
+def _worker(url: str, scratch: str, ready: Any, stop: Any) -> None:
+    """One worker process on ``url`` until ``stop``; then writes its peak RSS (KiB) to
+    ``scratch/rss-<pid>``."""
 
     async def main() -> None:
         done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)))
+
+        async def watch() -> None:
+            await asyncio.to_thread(stop.wait)
+            done.set()
+
+        watcher = asyncio.create_task(watch())
         await run_worker(
             url,
             registry=load_sqlite.REGISTRY,
@@ -62,9 +67,11 @@ def _worker(url: str, rss_file: str, ready: Any, stop: Any) -> None:
             stop=done,
             on_ready=lambda _a: ready.set(),
         )
+        await watcher
 
     asyncio.run(main())
-    Path(rss_file).write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), "utf-8")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path(scratch, f"rss-{os.getpid()}").write_text(str(peak), "utf-8")
 
 
 async def _active(client: Any) -> int:
@@ -142,28 +149,11 @@ def measure(backend: str, runs: int, redis: str | None, timeout: float) -> dict[
         SqliteAdapter(db).backend.close()  # the schema before the workers race
     else:
         url = f"{redis}?queue=scale-{uuid.uuid4().hex[:8]}"
-    rss = [os.path.join(scratch, f"rss-{i}") for i in range(WORKERS)]
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    ready = [ctx.Event() for _ in range(WORKERS)]
-    pairs = zip(rss, ready, strict=True)
-    procs = [ctx.Process(target=_worker, args=(url, f, r, stop)) for f, r in pairs]
-    for p in procs:
-        p.start()
     try:
-        for r in ready:
-            if not r.wait(60):
-                raise RuntimeError("worker process did not start")
-        row = {"backend": backend} | asyncio.run(drive(url, runs, timeout))
-    finally:
-        stop.set()
-        for p in procs:
-            p.join(60)
-            if p.is_alive():
-                p.kill()
-    try:
+        with Workers(_worker, WORKERS, url, scratch):
+            row = {"backend": backend} | asyncio.run(drive(url, runs, timeout))
         row["worker_peak_rss_mib"] = [
-            round(int(Path(f).read_text("utf-8")) / 1024, 1) for f in rss if Path(f).exists()
+            round(int(f.read_text("utf-8")) / 1024, 1) for f in sorted(Path(scratch).glob("rss-*"))
         ]
         if backend == "sqlite":
             audit = load_sqlite.audit(db)
@@ -192,13 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = a.backends.split(",")
     redis, source = None, None
     if "bullmq" in backends:
-        if a.redis_url:
-            redis, source = a.redis_url, "argument"
-        else:
-            from services import get_service
+        from bullmq_bench import redis_url
 
-            svc = get_service("redis")
-            redis, source = svc.url, svc.source
+        redis, source = redis_url(a.redis_url)
     rows = [measure(b, n, redis, a.timeout) for b in backends for n in sizes]
     report = {
         "benchmark": "scale",
