@@ -310,3 +310,19 @@ async def test_active_index_and_retention(env: Env) -> None:
     assert await c.list_active_runs() == ([], None)
     assert 0 < await c.redis.pttl(ctx.key) <= 60_000
     assert await c.reconcile_all(stale_after=0) == {"scanned": 0, "reconciled": 0, "enqueued": 0}
+
+
+async def test_hundreds_of_starts_and_results_gathered_at_once(env: Env) -> None:
+    """A client gathers 150 ``start_run`` calls, then 150 ``result()`` calls plus 150 more on
+    one run, at once: all succeed (one Redis request per waiter once exhausted the client's
+    100-connection pool with MaxConnectionsError); each run executed its three nodes once."""
+    env.worker()
+    c = env.adapter()
+    rids = await asyncio.gather(*(c.start_run("chain", {}) for _ in range(150)))
+    assert len(set(rids)) == 150
+    results = await asyncio.gather(
+        *(c.result(r, 60) for r in rids), *(c.result(rids[0], 60) for _ in range(150))
+    )
+    assert [r.status for r in results] == ["completed"] * 300
+    assert {r.context["_outputs.c"] for r in results} == {3}
+    assert len(env.calls) == 150 * 3

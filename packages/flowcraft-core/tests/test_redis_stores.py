@@ -578,3 +578,29 @@ async def test_the_cache_is_bounded_and_can_be_disabled(store: RedisStateStore) 
     assert (snap.version, off._cache) == (1, OrderedDict())
     await small.aclose()
     await off.aclose()
+
+
+async def test_more_commands_at_once_than_connections_wait_for_one(redis_url: str) -> None:
+    """A :func:`connect` client with 4 connections runs 300 commands gathered at once: the
+    extra ones wait for a free connection (redis-py's default pool fails them at once with
+    MaxConnectionsError, which a client awaiting 100 BullMQ results hit)."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import MaxConnectionsError
+
+    key = f"fct{uuid.uuid4().hex[:10]}:k"
+    name = f"fct-pool-{uuid.uuid4().hex[:8]}"
+    client = connect(redis_url, max_connections=4, client_name=name)
+    try:
+        await client.set(key, b"v", ex=60)
+        got = await asyncio.gather(*(client.get(key) for _ in range(300)))
+        assert got == [b"v"] * 300
+        conns = [c for c in await client.client_list() if c["name"] == name]
+        assert len(conns) == 4
+    finally:
+        await client.aclose()
+    plain = aioredis.Redis.from_url(redis_url, max_connections=4)
+    try:
+        with pytest.raises(MaxConnectionsError):
+            await asyncio.gather(*(plain.get(key) for _ in range(300)))
+    finally:
+        await plain.aclose()

@@ -37,7 +37,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
-import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 from flowcraft.blueprint import NodeDefinition
@@ -198,7 +197,7 @@ class BullMQAdapter(BaseDistributedAdapter):
     def queue(self) -> Queue:
         """The BullMQ queue jobs are added to (created on first use)."""
         if self._queue is None:
-            client = aioredis.Redis.from_url(self.url, decode_responses=True)
+            client = connect(self.url, decode_responses=True)  # (a blocking pool)
             self._queue = Queue(self.queue_name, {"connection": client, "prefix": self.prefix})
         return self._queue
 

@@ -222,10 +222,32 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    """A ``redis.asyncio`` client for ``url`` (bytes responses, as the stores expect)."""
+POOL_SIZE: Final = 100
+"""Default most connections a :func:`connect` client opens."""
+
+POOL_WAIT: Final = 30.0
+"""Default seconds a command waits for a free connection of a :func:`connect` client."""
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int = POOL_SIZE,
+    pool_timeout: float = POOL_WAIT,
+    **kwargs: Any,
+) -> aioredis.Redis:
+    """A ``redis.asyncio`` client for ``url`` (bytes responses, as the stores expect; more
+    keyword arguments go to the connections).
+
+    Its pool blocks: beyond ``max_connections`` commands at once, a command waits for a free
+    connection (up to ``pool_timeout`` s, then redis' ``ConnectionError``) instead of failing
+    at once with ``MaxConnectionsError``, as redis-py's default pool does: a client that
+    gathers 1,000 ``result()`` or ``start_run()`` calls must not fail for it."""
     kwargs.setdefault("decode_responses", False)
-    return aioredis.Redis.from_url(url, **kwargs)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, **kwargs
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass
