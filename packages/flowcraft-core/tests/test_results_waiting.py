@@ -8,7 +8,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import pytest
-from flowcraft.distributed.results import FinalSource, PullSource, PushSource, one_by_one
+from flowcraft.distributed.results import (
+    READ_CHUNK,
+    FinalSource,
+    PullSource,
+    PushSource,
+    one_by_one,
+)
 
 
 class Table:
@@ -19,15 +25,26 @@ class Table:
         self.reads: list[list[str]] = []
         self.read_at: list[float] = []
         self.fail_next = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gate: asyncio.Event | None = None  # set: reads wait for it
 
     async def statuses(self, run_ids: Sequence[str]) -> Mapping[str, str | None]:
         """The :data:`StatusReader`."""
         self.reads.append(list(run_ids))
         self.read_at.append(time.monotonic())
-        if self.fail_next:
-            self.fail_next -= 1
-            raise ConnectionError("store unavailable")
-        return {rid: self.status.get(rid) for rid in run_ids}
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # a real read yields to the loop
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("store unavailable")
+            return {rid: self.status.get(rid) for rid in run_ids}
+        finally:
+            self.in_flight -= 1
 
 
 class Channel:
@@ -197,12 +214,12 @@ async def test_push_many_waiters_on_one_run_share_one_subscription() -> None:
     table, channel = Table(r="running"), Channel()
     src = push(table, channel)
     waiters = [asyncio.create_task(src.wait("r", 10)) for _ in range(5)]
-    await until(lambda: len(table.reads) == 5)
-    assert src.waiting == 5
+    await until(lambda: src.waiting == 5 and len(table.reads) == 2 and not table.in_flight)
+    assert table.reads == [["r"], ["r"]]  # the first check, then the four queued behind it
     table.status["r"] = "completed"
     channel.announce("r")
     await asyncio.wait_for(asyncio.gather(*waiters), 1)
-    assert len(table.reads) == 10
+    assert table.reads == [["r"]] * 4  # the five re-checks likewise
     assert channel.sessions == 1
     await closed(src)
 
@@ -275,9 +292,9 @@ async def test_pull_one_poll_reads_every_waiting_run_in_batches() -> None:
     table = Table(a="running", b="running", c="running")
     src = pull(table, batch=2)
     waiters = [asyncio.create_task(src.wait(rid, 10)) for rid in "abc"]
-    await until(lambda: len(table.reads) >= 7)
-    assert sorted(map(tuple, table.reads[:3])) == [("a",), ("b",), ("c",)]  # own checks
-    assert table.reads[3:7] == [["a", "b"], ["c"], ["a", "b"], ["c"]]  # then shared polls
+    await until(lambda: len(table.reads) >= 6)
+    assert table.reads[:2] == [["a"], ["b", "c"]]  # own checks: one, then the queued two
+    assert table.reads[2:6] == [["a", "b"], ["c"], ["a", "b"], ["c"]]  # then shared polls
     for rid in "abc":
         table.status[rid] = "completed"
     await asyncio.wait_for(asyncio.gather(*waiters), 1)
@@ -375,3 +392,77 @@ async def test_one_by_one_reads_each_run() -> None:
 
     assert await one_by_one(read)(["a", "b"]) == {"a": "running", "b": None}
     assert seen == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", ["push", "pull"])
+async def test_thousands_of_waiters_at_once_make_one_read_at_a_time(kind: str) -> None:
+    """2,000 waits begun together (``gather`` over ``result()``): the first reads its run
+    alone, the others queue meanwhile and are read together, READ_CHUNK runs per read, never
+    two reads at once (one request per waiter exhausted a client's Redis connection pool at
+    100 BullMQ runs); every waiter still gets its own answer."""
+    ids = [f"r{i}" for i in range(2000)]
+    table = Table(**dict.fromkeys(ids, "completed"))
+    del table.status["r7"]  # no such run: that waiter alone raises
+    # (the poller's first round would come after a minute: only the waiters' own reads)
+    src = push(table, Channel()) if kind == "push" else pull(table, min_delay=60, max_delay=60)
+    got = await asyncio.gather(*(src.wait(rid, 5) for rid in ids), return_exceptions=True)
+    assert [i for i, g in enumerate(got) if g is not None] == [7]
+    assert isinstance(got[7], KeyError)
+    assert [len(r) for r in table.reads] == [1, READ_CHUNK, READ_CHUNK, READ_CHUNK, 499]
+    assert [rid for r in table.reads for rid in r] == ids
+    assert table.most_in_flight == 1
+    await closed(src)
+
+
+async def test_a_lone_waiter_reads_directly() -> None:
+    """One wait at a time: one read of its own run each, no queue, no reading task."""
+    table = Table(a="completed", b="completed")
+    src = push(table, Channel())
+    await src.wait("a", 5)
+    await src.wait("b", 5)
+    assert table.reads == [["a"], ["b"]]
+    assert src._drainer is None
+    await closed(src)
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+async def test_a_failed_read_fails_exactly_its_waiters(failures: int) -> None:
+    """A read that raises reaches each waiter it was for, and only them (a run's status is
+    never made up): the first read failing fails its waiter alone and the queue behind it is
+    still read; both failing fail all three. The source reads normally afterwards."""
+    table = Table(a="completed", b="completed", c="completed")
+    src = push(table, Channel())
+    table.gate = asyncio.Event()
+    lead = asyncio.create_task(src.wait("a", 5))
+    await until(lambda: table.in_flight == 1)
+    queued = [asyncio.create_task(src.wait(rid, 5)) for rid in "bc"]
+    await until(lambda: src.waiting == 3)
+    table.fail_next = failures
+    table.gate.set()
+    got = await asyncio.gather(lead, *queued, return_exceptions=True)
+    expected = ["ConnectionError"] + ["ConnectionError" if failures == 2 else "NoneType"] * 2
+    assert [type(g).__name__ for g in got] == expected
+    assert table.reads == [["a"], ["b", "c"]]
+    assert await src.wait("b", 5) is None
+    await closed(src)
+
+
+async def test_a_cancelled_reader_still_hands_the_queue_on() -> None:
+    """The waiter whose read is in flight is cancelled: the waiters queued behind it are
+    read anyway, and a waiter cancelled in the queue does not disturb the others."""
+    table = Table(a="running", b="completed", c="completed")
+    src = push(table, Channel())
+    table.gate = asyncio.Event()
+    first = asyncio.create_task(src.wait("a", 5))
+    await until(lambda: table.in_flight == 1)
+    second = asyncio.create_task(src.wait("b", 5))
+    third = asyncio.create_task(src.wait("c", 5))
+    await until(lambda: src.waiting == 3)
+    first.cancel()
+    third.cancel()
+    table.gate.set()
+    await asyncio.wait_for(second, 1)
+    assert first.cancelled() and third.cancelled()
+    assert table.reads == [["a"], ["b", "c"]]
+    assert src._drainer is None
+    await closed(src)

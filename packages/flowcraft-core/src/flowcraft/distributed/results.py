@@ -33,6 +33,9 @@ log = logging.getLogger("flowcraft.distributed")
 _WATCHDOG = 1.0
 """Seconds after which a :class:`PullSource` waiter makes sure the poller still runs."""
 
+READ_CHUNK = 500
+"""Most runs per :data:`StatusReader` call when queued status reads are taken together."""
+
 StatusReader = Callable[[Sequence[str]], Awaitable[Mapping[str, str | None]]]
 """Reads the current status of runs: ``{run_id: status}``, with ``None`` (or no entry) for a
 run that does not exist."""
@@ -78,6 +81,9 @@ class FinalSource(ABC):
         self._statuses = statuses
         self._waiting: dict[str, list[_Waiter]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.AbstractEventLoop | None = None  # a read is in flight there
+        self._queued: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._drainer: asyncio.Task[None] | None = None
 
     # -- the waiting, for every kind of source -----------------------------------------------
 
@@ -148,7 +154,51 @@ class FinalSource(ABC):
         """The run's status after :meth:`_sleep` (``last``: the status known before)."""
 
     async def _read(self, run_id: str) -> str | None:
-        return (await self._statuses([run_id])).get(run_id)
+        """``run_id``'s status, with at most one :data:`StatusReader` call in flight per
+        source. A read asked for while another is in flight is queued, and the queue is read
+        together (up to :data:`READ_CHUNK` runs per call) once that one returns: a client
+        awaiting 10,000 results at once makes a few reads, not 10,000 concurrent requests
+        that exhaust its connection pool, and a lone waiter reads directly."""
+        loop = asyncio.get_running_loop()
+        if self._reading is loop:
+            fut: asyncio.Future[str | None] = loop.create_future()
+            self._queued.setdefault(run_id, []).append(fut)
+            return await fut
+        self._reading, self._queued = loop, {}  # (a read left on a closed loop is void)
+        try:
+            return (await self._statuses([run_id])).get(run_id)
+        finally:
+            if self._queued:
+                self._drainer = loop.create_task(self._drain(), name="flowcraft-status-reads")
+            else:
+                self._reading = None
+
+    async def _drain(self) -> None:
+        """Read the queued runs' statuses, :data:`READ_CHUNK` per call, until none are
+        queued; a failed read raises in each of its waiters."""
+        batch: dict[str, list[asyncio.Future[str | None]]] = {}
+        try:
+            while self._queued:
+                ids = list(self._queued)[:READ_CHUNK]
+                batch = {rid: self._queued.pop(rid) for rid in ids}
+                try:
+                    got = await self._statuses(ids)
+                except Exception as exc:
+                    for futs in batch.values():
+                        for fut in futs:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                    continue
+                for rid, futs in batch.items():
+                    for fut in futs:
+                        if not fut.done():  # (a waiter cancelled meanwhile)
+                            fut.set_result(got.get(rid))
+        finally:  # cancelled (its loop is closing): no waiter is left hanging
+            for futs in (*batch.values(), *self._queued.values()):
+                for fut in futs:
+                    if not fut.done():
+                        fut.cancel()
+            self._queued, self._reading, self._drainer = {}, None, None
 
     def _forget(self, run_id: str, w: _Waiter) -> None:
         waiters = self._waiting.get(run_id)
