@@ -53,7 +53,13 @@ from flowcraft.distributed import (
 from flowcraft.distributed.results import FinalSource, PullSource
 
 from .aws import ApiStats, AwsClients, AwsConfig, error_code
-from .dynamodb import MAX_VALUE_BYTES, DynamoCoordinationStore, DynamoRunContext, DynamoRunStore
+from .dynamodb import (
+    MAX_VALUE_BYTES,
+    DynamoCoordinationStore,
+    DynamoLeasingContext,
+    DynamoRunContext,
+    DynamoRunStore,
+)
 
 log = logging.getLogger("flowcraft.sqs")
 
@@ -201,7 +207,10 @@ class SqsAdapter(BaseDistributedAdapter):
     endpoint, credentials) or shared :class:`AwsClients`. ``concurrency`` jobs run at once;
     ``wait_time_seconds`` is the long-poll wait (0-20); ``visibility_timeout`` the seconds a
     received message stays invisible (extended while its job runs); ``retry_in_process=False``
-    delegates node retries to SQS redeliveries. Other keyword arguments go to
+    delegates node retries to SQS redeliveries. ``inline_successors`` (default 64, 0 for
+    every node a message): how many successors a delivered job runs itself, each leased in
+    the commit's transaction (docs/distributed.md, "Inline successors"). Other keyword
+    arguments go to
     :class:`~flowcraft.distributed.BaseDistributedAdapter` (``runtime_options``,
     ``lease_seconds``, ``delivery_policy`` (delivery cap and redelivery backoff), ...).
     """
@@ -229,6 +238,7 @@ class SqsAdapter(BaseDistributedAdapter):
         visibility_timeout: int = 60,
         retry_in_process: bool = True,
         active_shards: int = 4,
+        inline_successors: int = 64,
         stats: ApiStats | None = None,
         on_result: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
         **kwargs: Any,
@@ -256,7 +266,7 @@ class SqsAdapter(BaseDistributedAdapter):
         self.on_result = on_result
         self.store = DynamoRunStore(self.aws, table, active_shards=active_shards)
         kwargs.setdefault("coordination_store", DynamoCoordinationStore(self.aws, table))
-        super().__init__(**kwargs)
+        super().__init__(inline_successors=inline_successors, **kwargs)
         self._urls: dict[str, str] = {}
         self.max_status_poll = 0.5
         """Longest pause (seconds) between two status polls of :meth:`wait_for_final` (read
@@ -286,7 +296,11 @@ class SqsAdapter(BaseDistributedAdapter):
     # -- BaseDistributedAdapter ----------------------------------------------------------------
 
     async def create_context(self, run_id: str) -> DynamoRunContext:
-        """The run's items in DynamoDB."""
+        """The run's items in DynamoDB; with the adapter's own DynamoDB coordination store,
+        node leases travel in the commits' transactions (:class:`DynamoLeasingContext`)."""
+        coord = self.coordination
+        if isinstance(coord, DynamoCoordinationStore):
+            return DynamoLeasingContext(self.store, run_id, coord, self._count_commit)
         return DynamoRunContext(self.store, run_id, self._count_commit)
 
     async def enqueue_job(
@@ -595,6 +609,7 @@ _URL_OPTIONS: Final = {
     "concurrency": Option("concurrency", int),
     "wait": Option("wait_time_seconds", int),
     "visibility": Option("visibility_timeout", int),
+    "inline": Option("inline_successors", int),
     "region": Option("region_name"),
     "endpoint": Option("endpoint_url"),
 }
@@ -603,7 +618,7 @@ _URL_OPTIONS: Final = {
 def from_url(url: str, **kwargs: Any) -> SqsAdapter:
     """Entry point of the ``sqs`` backend scheme:
     ``sqs://QUEUE?table=TABLE&region=REGION&endpoint=URL&dlq=QUEUE&concurrency=N``
-    (also ``wait`` and ``visibility``, in seconds).
+    (also ``wait`` and ``visibility``, in seconds, and ``inline``: inline successors).
 
     ``QUEUE`` is a queue name (or, URL-encoded, a queue URL); ``endpoint`` points at an
     emulator (``http://127.0.0.1:5000`` for ``moto_server``). Credentials come from the
