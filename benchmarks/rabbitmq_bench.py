@@ -126,8 +126,8 @@ class Deployment:
         self.amqp, self.pg, self.redis = amqp, pg, redis
         self.queue, self.schema, self.prefix = f"{tag}.jobs", tag, f"{tag}:"
 
-    def worker_url(self) -> str:
-        """The backend URL a worker process opens."""
+    def worker_url(self, inline: int) -> str:
+        """The backend URL a worker process opens (``inline``: inline successors)."""
         parts = urlsplit(self.amqp)
         q = {
             "queue": self.queue,
@@ -135,6 +135,7 @@ class Deployment:
             "postgres": self.pg,
             "redis": self.redis,
             "redis_prefix": self.prefix,
+            "inline": str(inline),
         }
         return parts._replace(query=urlencode(q)).geturl()
 
@@ -185,11 +186,13 @@ async def timed_runs(
     return best
 
 
-async def with_workers(dep: Deployment, size: int, workers: int, repeat: int) -> dict[str, Any]:
+async def with_workers(
+    dep: Deployment, size: int, workers: int, repeat: int, inline: int
+) -> dict[str, Any]:
     """Chain and fan timings with ``workers`` worker processes."""
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=worker_process, args=(dep.worker_url(), size, 32))
+        ctx.Process(target=worker_process, args=(dep.worker_url(inline), size, 32))
         for _ in range(workers)
     ]
     for p in procs:
@@ -219,9 +222,9 @@ async def with_workers(dep: Deployment, size: int, workers: int, repeat: int) ->
     }
 
 
-async def round_trips(dep: Deployment, size: int) -> dict[str, Any]:
+async def round_trips(dep: Deployment, size: int, inline: int) -> dict[str, Any]:
     """Network round trips per node of one in-process worker running the chain."""
-    worker = dep.adapter(size, worker_id="counted")
+    worker = dep.adapter(size, worker_id="counted", inline_successors=inline)
     client = dep.adapter(size)
     counts = {"redis": 0, "amqp_publish": 0, "amqp_ack": 0}
     coord = worker.coordination
@@ -273,13 +276,27 @@ async def round_trips(dep: Deployment, size: int) -> dict[str, Any]:
     return {
         "per_node": per,
         "amqp_acks_per_node_one_way": round(acks / size, 2),
-        "why": (
-            "postgres: 1 load + 1 conditional commit per node, +1 result row (and NOTIFY) "
-            "per run; redis: lease SET NX + compare-and-delete per node (heartbeats add "
-            "more only for nodes running longer than lease/3), + the finalized marker per "
-            "run; amqp: 1 confirmed publish per successor; the ack is one-way"
-        ),
+        "why": WHY[inline > 0],
     }
+
+
+WHY = {
+    False: (
+        "postgres: 1 load + 1 conditional commit per node, +1 result row (and NOTIFY) per "
+        "run; redis: lease SET NX + compare-and-delete per node (heartbeats add more only for "
+        "nodes running longer than lease/3), + the finalized marker per run; amqp: 1 confirmed "
+        "publish per successor; the ack is one-way"
+    ),
+    True: (
+        "as every node a job, without the publish and the ack: the worker that commits a node "
+        "leases its successor just after the commit (SET NX), reads the run again and runs it"
+    ),
+}
+"""What the round trips per node are, every node a job (False) and inline (True)."""
+
+MODES = {"jobs": 0, "inline": 64}
+"""The measured modes: every node a message, and the adapter's default of up to 64
+successors run by the worker that made them ready."""
 
 
 async def raw_rabbitmq(amqp: str, hops: int, messages: int = 2000) -> dict[str, Any]:
@@ -360,15 +377,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"nodes": size, "repeat": repeat, "prefetch": 32, "quick": args.quick},
     }
     try:
-        out["round_trips_per_node"] = await round_trips(dep, size)
-        out["workers_1"] = await with_workers(dep, size, 1, repeat)
-        out["workers_2"] = await with_workers(dep, size, 2, repeat)
+        for mode, inline in MODES.items():
+            out[mode] = {
+                "round_trips_per_node": await round_trips(dep, size, inline),
+                "workers_1": await with_workers(dep, size, 1, repeat, inline),
+                "workers_2": await with_workers(dep, size, 2, repeat, inline),
+            }
         out["raw_rabbitmq"] = await raw_rabbitmq(svcs["rabbitmq"].url, size)
     finally:
         await dep.cleanup()
     raw = out["raw_rabbitmq"]["chain_ms_per_hop"]
     out["comparison"] = {
-        "chain_ms_per_hop_vs_raw_hop": round(out["workers_1"]["chain"]["ms_per_hop"] / raw, 2),
+        f"{mode}_chain_ms_per_hop_vs_raw_hop": round(
+            out[mode]["workers_1"]["chain"]["ms_per_hop"] / raw, 2
+        )
+        for mode in MODES
     }
     return out
 

@@ -235,11 +235,16 @@ async def test_broker_connection_closed_by_server(rabbit: RabbitBackend) -> None
 
 
 async def _supervised(
-    rabbit: RabbitBackend, tmp: Path, env: dict[str, str], storm: dict[str, Any] | None = None
+    rabbit: RabbitBackend,
+    tmp: Path,
+    env: dict[str, str],
+    storm: dict[str, Any] | None = None,
+    inline: int | None = None,
 ) -> tuple[list[Any], int]:
     """Run ``killme`` on 2 worker processes, respawning any that dies; returns the results and
     how many workers died. ``storm``: instead of one run, :func:`sigkill_storm` with these
-    arguments (many runs, random SIGKILLs)."""
+    arguments (many runs, random SIGKILLs). ``inline``: the workers' inline successors
+    (default: the adapter's)."""
     parts = urlsplit(rabbit.amqp_url)
     query = [
         *parse_qsl(parts.query),
@@ -248,6 +253,7 @@ async def _supervised(
         ("postgres", rabbit.postgres_url),
         ("redis", rabbit.redis_url),
         ("redis_prefix", rabbit.prefix),
+        *([("inline", str(inline))] if inline is not None else []),
     ]
     worker_url = urlunsplit(parts._replace(query=urlencode(query)))
     full_env = {**env, "FC_TEST_DIR": str(tmp), "FC_WORKER_URL": worker_url}
@@ -305,9 +311,11 @@ async def test_sigkill_worker_at_step_point(
     rabbit: RabbitBackend, tmp_path: Path, point: str, node: str
 ) -> None:
     """A worker process is SIGKILLed at a step point of ``node``: exact result; the node runs
-    again only if it died before its commit."""
+    again only if it died before its commit. (Between two enqueues of one delivered job:
+    every node a job, as inline the fan-out runs one successor itself and enqueues one.)"""
     env = {"FC_KILL_AT_POINT": point, "FC_KILL_POINT_NODE": node}
-    (result,), deaths = await _supervised(rabbit, tmp_path, env)
+    inline = 0 if point == "between_enqueues" else None
+    (result,), deaths = await _supervised(rabbit, tmp_path, env, inline=inline)
     assert_exact(result)
     assert deaths == 1
     ex = executions(tmp_path)

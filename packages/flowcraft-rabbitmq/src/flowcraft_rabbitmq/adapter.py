@@ -147,7 +147,9 @@ class RabbitMQAdapter(BaseDistributedAdapter):
     ``handoff_after`` (default: half of it) and watched every ``watchdog_interval`` s.
     ``publish_timeout`` bounds how long a publish waits for a lost connection to come back.
     ``retry_in_process=False`` delegates node retries to the queue (one delivery per attempt,
-    backoff through the delay queues). Other keyword arguments go to
+    backoff through the delay queues). ``inline_successors`` (default 64, 0 for every node a
+    message): how many successors a delivered job runs itself (docs/distributed.md, "Inline
+    successors"). Other keyword arguments go to
     :class:`~flowcraft.distributed.BaseDistributedAdapter` (``runtime_options``,
     ``lease_seconds``, ``delivery_policy`` (delivery cap and redelivery backoff), ...).
     """
@@ -182,6 +184,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         migrate: bool = True,
         pg_pool_size: int = 8,
         stats: PostgresStoreStats | None = None,
+        inline_successors: int = 64,
         **kwargs: Any,
     ) -> None:
         prefetch = prefetch or concurrency or 16
@@ -225,7 +228,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
             "coordination_store",
             RedisCoordinationStore(self.redis, RedisKeyLayout(self.redis_prefix)),
         )
-        super().__init__(**kwargs)
+        super().__init__(inline_successors=inline_successors, **kwargs)
         self.connection_name = connection_name or f"flowcraft-{self.worker_id}-{os.getpid()}"
         self._connection: AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
@@ -660,12 +663,14 @@ _URL_OPTIONS: Final = {
     "schema": Option("schema"),
     "prefetch": Option("prefetch", int),
     "redis_prefix": Option("redis_prefix"),
+    "inline": Option("inline_successors", int),
 }
 
 
 def from_url(url: str, **kwargs: Any) -> RabbitMQAdapter:
     """Entry point of the ``amqp``/``amqps``/``rabbitmq`` backend schemes:
     ``amqp://user:pass@host:port/vhost?postgres=URL&redis=URL&queue=NAME&schema=S&prefetch=N``
+    (and ``inline=N``: inline successors)
     (URL-encode the nested URLs). Without ``postgres``/``redis`` the environment variables
     ``FLOWCRAFT_POSTGRES_URL`` / ``FLOWCRAFT_REDIS_URL`` are used, else local defaults.
     ``rabbitmq://`` is an alias of ``amqp://``; other query options go to aio-pika."""
