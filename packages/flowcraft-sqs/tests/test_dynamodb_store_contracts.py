@@ -104,3 +104,16 @@ async def test_commit_release_moves_leases_in_the_commits_transaction(aws: SqsRe
     assert await ctx.release_lease("node:b:0", "w1")
     assert await ctx.lease_holder("node:b:0") is None
     assert (await ctx.load()).data == {"a": 0, "x": 1, "y": 2}
+    # 99 keys fill the transaction (100 items with the version bump): the release that does
+    # not fit is made on its own after the commit, the take is not attempted
+    assert await coord.set_if_not_exist("node:e:0", "w1", 10)
+    full = await ctx.commit_release(
+        [PatchOperation("set", f"k{i}", i) for i in range(99)],
+        3,
+        release=[("node:e:0", "w1")],
+        take=[("node:f:0", "w1")],
+        ttl_seconds=10,
+    )
+    assert (full.ok, full.taken) == (True, [False])
+    assert await ctx.lease_holder("node:e:0") is None
+    assert await ctx.lease_holder("node:f:0") is None

@@ -153,7 +153,7 @@ class LeaseOps:
     ``release`` and the takes of ``take`` (``(key, token)`` pairs; taken for ``ttl`` seconds),
     as transaction items of ``coord``'s table."""
 
-    __slots__ = ("coord", "ops", "taken", "ttl")
+    __slots__ = ("coord", "done", "ops", "taken", "ttl")
 
     def __init__(
         self,
@@ -176,6 +176,8 @@ class LeaseOps:
                     self.ops[(kind, i)] = (key, token)
         self.taken = [False] * len(take)
         """Which of ``take`` were taken (set by a successful commit)."""
+        self.done: set[tuple[str, int]] = set()
+        """The operations the successful commit made."""
 
     def items(self, room: int) -> list[tuple[tuple[str, int], dict[str, Any]]]:
         """The operations as transaction items, at most ``room`` of them (releases first)."""
@@ -190,8 +192,14 @@ class LeaseOps:
     def committed(self, tags: Iterable[tuple[str, int]]) -> None:
         """The transaction holding the operations ``tags`` succeeded."""
         for kind, i in tags:
+            self.done.add((kind, i))
             if kind == "take":
                 self.taken[i] = True
+
+    def left_out(self) -> list[tuple[str, str]]:
+        """The releases that did not fit in the commit's transaction (a commit near
+        DynamoDB's 100-item limit): the caller releases them on their own."""
+        return [kt for tag, kt in self.ops.items() if tag[0] == "release" and tag not in self.done]
 
 
 def _journal_sk(version: int, part: int) -> str:
@@ -934,6 +942,8 @@ class DynamoLeasingContext(DynamoRunContext):
         ok, written = await self._store.commit(self._run_id, ops, expected_version, status, leases)
         if not ok:
             return CommitResult(False)
+        for key, token in leases.left_out():
+            await self._coord.compare_and_delete(key, token)
         if self._on_commit is not None:
             self._on_commit(written)
         return CommitResult(True, "", leases.taken)
