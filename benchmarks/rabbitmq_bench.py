@@ -295,8 +295,8 @@ WHY = {
 """What the round trips per node are, every node a job (False) and inline (True)."""
 
 MODES = {"jobs": 0, "inline": 64}
-"""The measured modes: every node a message, and the adapter's default of up to 64
-successors run by the worker that made them ready."""
+"""The measured modes: every node a message (the adapter's default), and up to 64 successors
+run by the worker that made them ready (``inline=64``)."""
 
 
 async def raw_rabbitmq(amqp: str, hops: int, messages: int = 2000) -> dict[str, Any]:

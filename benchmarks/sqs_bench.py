@@ -8,12 +8,15 @@ moto comes from the integration-test service layer (``FLOWCRAFT_TEST_MOTO_URL``,
 testcontainers, else a throwaway local ``moto_server``). Every measurement uses its own queue and
 table, deleted at the end.
 
-Measured with 1 and 2 in-process workers (moto cannot run DynamoDB requests from several
-processes atomically, see ``integration-tests/sqs_support.py``; all workers of the process share
-one DynamoDB request lane):
+Measured in two modes, every node a message (``jobs``) and the default ``inline`` (up to 64
+successors run by the worker that made them ready), each with 1 and 2 in-process workers
+(moto cannot run DynamoDB requests from several processes atomically, see
+``integration-tests/sqs_support.py``; all workers of the process share one DynamoDB request
+lane):
 
-* ``chain``: ``n0 -> ... -> n{N-1}``; ``ms_per_hop`` = run time / N (each hop is a send, a
-  receive, a lease, a load, a commit, a lease release and a delete);
+* ``chain``: ``n0 -> ... -> n{N-1}``; ``ms_per_hop`` = run time / N (in ``jobs`` mode each hop
+  is a send, a receive, a lease, a load, a commit that releases the lease, and a delete; inline,
+  one commit that also leases the successor);
 * ``fan``: ``src -> w0..w{N-1} -> join`` (``all``); ``nodes_per_s`` = (N + 2) / run time.
 
 Run time is from ``start_run`` to ``result()`` returning, best of ``--repeat`` runs after one
@@ -45,6 +48,10 @@ from flowcraft_sqs import SqsAdapter  # noqa: E402
 from services import get_service  # noqa: E402
 from sqs_support import SqsResources, make_resources  # noqa: E402
 
+MODES = {"jobs": 0, "inline": 64}
+"""The measured modes: every node a message, and the adapter's default of up to 64 successors
+run inline by the worker that made them ready (leased in the commit's transaction)."""
+
 
 async def _timed_run(client: SqsAdapter, bp: str) -> float:
     t0 = time.perf_counter()
@@ -56,14 +63,19 @@ async def _timed_run(client: SqsAdapter, bp: str) -> float:
     return dt
 
 
-async def measure(url: str, n: int, workers: int, repeat: int) -> dict[str, Any]:
-    """Chain and fan timings and API calls with ``workers`` in-process workers."""
+async def measure(url: str, n: int, workers: int, repeat: int, inline: int) -> dict[str, Any]:
+    """Chain and fan timings and API calls with ``workers`` in-process workers running up to
+    ``inline`` successors per delivered job (0: every node a message)."""
     res: SqsResources = await make_resources(url)
     opts = {"registry": REGISTRY, "blueprints": [chain_bp(n), fan_bp(n)]}
     try:
         ws = [
             res.adapter(
-                runtime_options=opts, concurrency=16, lease_seconds=30, visibility_timeout=30
+                runtime_options=opts,
+                concurrency=16,
+                lease_seconds=30,
+                visibility_timeout=30,
+                inline_successors=inline,
             )
             for _ in range(workers)
         ]
@@ -148,8 +160,8 @@ async def main() -> None:
         },
         "repeat": repeat,
     }
-    for workers in (1, 2):
-        doc[f"workers_{workers}"] = await measure(svc.url, n, workers, repeat)
+    for mode, inline in MODES.items():
+        doc[mode] = {f"workers_{w}": await measure(svc.url, n, w, repeat, inline) for w in (1, 2)}
     doc["raw_sqs_hop_ms"] = await raw_sqs_hop_ms(svc.url, 50)
     text = json.dumps(doc, indent=2)
     print(text)

@@ -105,22 +105,27 @@ def bullmq(doc: Doc) -> str:
 def rabbitmq(doc: Doc) -> str:
     """RabbitMQ + PostgreSQL + Redis against raw RabbitMQ hops (``rabbitmq_bench.py``)."""
     rows = [
-        "| workers | chain nodes/s (ms/hop) | fan nodes/s |",
-        "| --- | --- | --- |",
+        "| mode | workers | chain nodes/s (ms/hop) | fan nodes/s | round trips per node "
+        "(PostgreSQL + Redis + confirmed publish) |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for w in (1, 2):
-        m = doc.get(f"workers_{w}")
-        if m:
-            c, f = m["chain"], m["fan"]
+    names = {"jobs": "every node a message (default)", "inline": "inline successors (64)"}
+    for mode, name in names.items():
+        m = doc.get(mode)
+        if not m:
+            continue
+        rt = m["round_trips_per_node"]["per_node"]
+        trips = f"{rt['total']} ({rt['postgres']} + {rt['redis']} + {rt['amqp_publish_confirmed']})"
+        for w in (1, 2):
+            c, f = m[f"workers_{w}"]["chain"], m[f"workers_{w}"]["fan"]
             rows.append(
-                f"| {w} | {c['nodes_per_s']} ({c['ms_per_hop']:.2f}) | {f['nodes_per_s']} |"
+                f"| {name} | {w} | {c['nodes_per_s']} ({c['ms_per_hop']:.2f}) "
+                f"| {f['nodes_per_s']} | {trips if w == 1 else ''} |"
             )
-    raw, rt = doc["raw_rabbitmq"], doc["round_trips_per_node"]["per_node"]
+    raw = doc["raw_rabbitmq"]
     rows += [
         "",
         f"Raw RabbitMQ publish-confirm → deliver → ack hop: {raw['chain_ms_per_hop']} ms; "
-        f"round trips per node: {rt['postgres']} PostgreSQL, {rt['redis']} Redis, "
-        f"{rt['amqp_publish_confirmed']} confirmed publish ({rt['total']} in all); "
         f"1-minute load average {doc['machine']['load_avg_1min']:.1f} on "
         f"{doc['machine']['cpu_count']} CPUs.",
     ]
@@ -148,17 +153,19 @@ def sqlite(doc: Doc) -> str:
 def sqs(doc: Doc) -> str:
     """SQS + DynamoDB on moto (``sqs_bench.py``)."""
     rows = [
-        "| workers | chain nodes/s (ms/hop) | fan nodes/s | API calls per node |",
-        "| --- | --- | --- | --- |",
+        "| mode | workers | chain nodes/s (ms/hop) | fan nodes/s | API calls per node |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for w in (1, 2):
-        m = doc.get(f"workers_{w}")
-        if m:
-            c, f = m["chain"], m["fan"]
-            rows.append(
-                f"| {w} | {c['nodes_per_s']} ({c['ms_per_hop']:.1f}) | {f['nodes_per_s']} "
-                f"| {m['api_calls_per_node']['total']} |"
-            )
+    names = {"jobs": "every node a message", "inline": "inline successors (default)"}
+    for mode, name in names.items():
+        for w in (1, 2):
+            m = doc.get(mode, {}).get(f"workers_{w}")
+            if m:
+                c, f = m["chain"], m["fan"]
+                rows.append(
+                    f"| {name} | {w} | {c['nodes_per_s']} ({c['ms_per_hop']:.1f}) "
+                    f"| {f['nodes_per_s']} | {m['api_calls_per_node']['total']} |"
+                )
     rows += ["", f"Raw moto send → receive → delete hop: {doc['raw_sqs_hop_ms']} ms."]
     return "\n".join(rows)
 

@@ -147,9 +147,10 @@ class RabbitMQAdapter(BaseDistributedAdapter):
     ``handoff_after`` (default: half of it) and watched every ``watchdog_interval`` s.
     ``publish_timeout`` bounds how long a publish waits for a lost connection to come back.
     ``retry_in_process=False`` delegates node retries to the queue (one delivery per attempt,
-    backoff through the delay queues). ``inline_successors`` (default 64, 0 for every node a
+    backoff through the delay queues). ``inline_successors`` (default 0: every node a
     message): how many successors a delivered job runs itself (docs/distributed.md, "Inline
-    successors"). Other keyword arguments go to
+    successors"; on PostgreSQL each costs a full reload of the run, so it does not pay yet:
+    see benchmarks/README.md). Other keyword arguments go to
     :class:`~flowcraft.distributed.BaseDistributedAdapter` (``runtime_options``,
     ``lease_seconds``, ``delivery_policy`` (delivery cap and redelivery backoff), ...).
     """
@@ -184,7 +185,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         migrate: bool = True,
         pg_pool_size: int = 8,
         stats: PostgresStoreStats | None = None,
-        inline_successors: int = 64,
+        inline_successors: int = 0,
         **kwargs: Any,
     ) -> None:
         prefetch = prefetch or concurrency or 16
