@@ -81,6 +81,9 @@ INLINE_BUDGET: Final = 512_000
 TRANSACTION_ATTEMPTS: Final = 50
 """Transaction attempts before giving up (client default 5: under contention on one run
 document the emulator fails 6 of 20 concurrent transactions at 5)."""
+ROUND_ATTEMPTS: Final = 5
+"""Transaction attempts in a row before a commit pauses (see
+:meth:`FirestoreRunContext._commit_contended`)."""
 _MAX_NAME: Final = 1000
 
 
@@ -306,13 +309,34 @@ class FirestoreRunContext:
         if seen is not None and seen[0] == expected:
             written = await self._commit_known(final, seen, status)
         else:
-            tx = store.client.transaction(max_attempts=store.transaction_attempts)
-            written = await _commit_tx(tx, self, final, expected, status)
+            written = await self._commit_contended(final, expected, status)
         if written is None:
             return False
         if store.on_commit is not None:
             store.on_commit(written)
         return True
+
+    async def _commit_contended(
+        self, final: dict[str, tuple[str, str | None]], expected: int | None, status: str | None
+    ) -> int | None:
+        """The transactional commit, in rounds of :data:`ROUND_ATTEMPTS` attempts (the
+        client retries aborted attempts at once, keeping its place in line) with a random,
+        growing pause between rounds, :attr:`FirestoreRunStore.transaction_attempts` attempts
+        in all. Commits of one run racing each other can abort every attempt in lockstep
+        (lock timeouts: the emulator's pessimistic locks under load); the pause lets one
+        through, and the others then read the version it wrote and refuse."""
+        store = self.store
+        per = max(1, min(store.transaction_attempts, ROUND_ATTEMPTS))
+        rounds = -(-store.transaction_attempts // per)
+        for attempt in range(rounds):
+            tx = store.client.transaction(max_attempts=per)
+            try:
+                return await _commit_tx(tx, self, final, expected, status)
+            except ValueError as exc:  # "Failed to commit transaction in N attempts"
+                if not isinstance(exc.__cause__, gexc.Aborted) or attempt + 1 == rounds:
+                    raise
+            await asyncio.sleep(random.uniform(0.0, min(1.0, 0.02 * 2**attempt)))
+        raise AssertionError("unreachable")
 
     async def _commit_known(
         self,
