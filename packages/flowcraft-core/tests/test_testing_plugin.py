@@ -122,13 +122,24 @@ def test_an_env_url_is_the_fixture_value(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     services.find_binary(services.SERVICES["redis"]) is None, reason="no redis-server binary"
 )
-def test_sigterm_stops_the_servers_a_process_started(tmp_path: Path) -> None:
-    """A process that started a throwaway Redis and then gets SIGTERM stops it first."""
+@pytest.mark.parametrize("signals", [1, 2], ids=["once", "twice"])
+def test_sigterm_stops_the_servers_a_process_started(tmp_path: Path, signals: int) -> None:
+    """A process that started a throwaway Redis and then gets SIGTERM stops it first, also
+    when a second SIGTERM comes while it is stopping it (``timeout`` signals the process
+    group, and ``scripts/pytest-shards`` passes the signal on to its sessions as well: the
+    second one used to end the process before the server it was stopping got its signal)."""
     script = textwrap.dedent(
         """
         import sys, time
         from flowcraft.testing import services
         svc = services.get_service("redis")
+        stop = svc.stop
+
+        def slow_stop():  # a window for the second signal, as a busy machine gives one
+            time.sleep(0.6)
+            stop()
+
+        svc.stop = slow_stop
         print(svc.details["pid"], svc.details["port"], svc.details["dir"], flush=True)
         time.sleep(60)
         """
@@ -143,6 +154,9 @@ def test_sigterm_stops_the_servers_a_process_started(tmp_path: Path) -> None:
         pid, port, workdir = proc.stdout.readline().split()
         assert services.redis_ping("127.0.0.1", int(port))
         proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == -signal.SIGTERM
     finally:
         if proc.poll() is None:

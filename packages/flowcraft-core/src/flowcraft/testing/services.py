@@ -739,7 +739,10 @@ _sigterm_installed = False
 def stop_on_sigterm() -> None:
     """Make SIGTERM stop every started server before the process ends (``atexit`` handlers do
     not run on a signal). Chains to the previous handler; a no-op outside the main thread,
-    when SIGTERM is ignored, or when already installed. Called whenever a server starts."""
+    when SIGTERM is ignored, or when already installed. Called whenever a server starts.
+    A SIGTERM arriving while the servers are being stopped (``timeout`` signals the whole
+    process group, and ``scripts/pytest-shards`` passes the signal on) is ignored, so the
+    first one finishes stopping them."""
     global _sigterm_installed
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
@@ -747,7 +750,13 @@ def stop_on_sigterm() -> None:
     if previous == signal.SIG_IGN:
         return
 
+    stopping = False
+
     def handler(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:  # a second SIGTERM (to the process and to its group) while stopping
+            return
+        stopping = True
         stop_all()
         if callable(previous):
             previous(signum, frame)
