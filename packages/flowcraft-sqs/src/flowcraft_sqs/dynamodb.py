@@ -153,7 +153,7 @@ class LeaseOps:
     ``release`` and the takes of ``take`` (``(key, token)`` pairs; taken for ``ttl`` seconds),
     as transaction items of ``coord``'s table."""
 
-    __slots__ = ("coord", "done", "ops", "taken", "ttl")
+    __slots__ = ("coord", "done", "ops", "takes", "ttl")
 
     def __init__(
         self,
@@ -174,8 +174,7 @@ class LeaseOps:
                 if key not in keys:
                     keys.add(key)
                     self.ops[(kind, i)] = (key, token)
-        self.taken = [False] * len(take)
-        """Which of ``take`` were taken (set by a successful commit)."""
+        self.takes = len(take)
         self.done: set[tuple[str, int]] = set()
         """The operations the successful commit made."""
 
@@ -191,10 +190,12 @@ class LeaseOps:
 
     def committed(self, tags: Iterable[tuple[str, int]]) -> None:
         """The transaction holding the operations ``tags`` succeeded."""
-        for kind, i in tags:
-            self.done.add((kind, i))
-            if kind == "take":
-                self.taken[i] = True
+        self.done.update(tags)
+
+    @property
+    def taken(self) -> list[bool]:
+        """Which of ``take`` were taken."""
+        return [("take", i) in self.done for i in range(self.takes)]
 
     def left_out(self) -> list[tuple[str, str]]:
         """The releases that did not fit in the commit's transaction (a commit near
@@ -1008,55 +1009,57 @@ class DynamoCoordinationStore:
             if await self._put_if_absent(item):
                 return 1
 
+    def _absent_put(self, item: dict[str, Any]) -> dict[str, Any]:
+        """``PutItem`` parameters writing ``item`` only when its key is absent or expired."""
+        return {
+            "TableName": self.table,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(#e) OR #e <= :now",
+            "ExpressionAttributeNames": {"#e": "exp"},
+            "ExpressionAttributeValues": {":now": _n(time.time())},
+        }
+
+    def _held_delete(self, key: str, value: str) -> dict[str, Any]:
+        """``DeleteItem`` parameters deleting ``key`` only when it is live and holds
+        ``value``."""
+        return {
+            "TableName": self.table,
+            "Key": self._key(key),
+            "ConditionExpression": "#val = :v AND #e > :now",
+            "ExpressionAttributeNames": {"#val": "val", "#e": "exp"},
+            "ExpressionAttributeValues": {":v": _s(value), ":now": _n(time.time())},
+        }
+
+    def _value_item(self, key: str, value: str, ttl_seconds: float) -> dict[str, Any]:
+        exp, ttl = self._expiry(ttl_seconds)
+        return {**self._key(key), "val": _s(value), "exp": exp, "ttl": ttl}
+
     def take_item(self, key: str, token: str, ttl_seconds: float) -> dict[str, Any]:
         """A transaction item doing :meth:`set_if_not_exist` (its condition fails when the
         key is live)."""
-        exp, ttl = self._expiry(ttl_seconds)
-        return {
-            "Put": {
-                "TableName": self.table,
-                "Item": {**self._key(key), "val": _s(token), "exp": exp, "ttl": ttl},
-                "ConditionExpression": "attribute_not_exists(#e) OR #e <= :now",
-                "ExpressionAttributeNames": {"#e": "exp"},
-                "ExpressionAttributeValues": {":now": _n(time.time())},
-            }
-        }
+        return {"Put": self._absent_put(self._value_item(key, token, ttl_seconds))}
 
     def release_item(self, key: str, token: str) -> dict[str, Any]:
         """A transaction item doing :meth:`compare_and_delete` (its condition fails unless
         ``token`` holds the live key)."""
-        return {
-            "Delete": {
-                "TableName": self.table,
-                "Key": self._key(key),
-                "ConditionExpression": "#val = :v AND #e > :now",
-                "ExpressionAttributeNames": {"#val": "val", "#e": "exp"},
-                "ExpressionAttributeValues": {":v": _s(token), ":now": _n(time.time())},
-            }
-        }
+        return {"Delete": self._held_delete(key, token)}
 
-    async def _put_if_absent(self, item: dict[str, Any]) -> bool:
+    async def _conditional(self, op: str, params: dict[str, Any]) -> bool:
+        """``op`` with ``params``; False when its condition failed."""
         try:
-            await self.aws.ddb(
-                "put_item",
-                TableName=self.table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(#e) OR #e <= :now",
-                ExpressionAttributeNames={"#e": "exp"},
-                ExpressionAttributeValues={":now": _n(time.time())},
-            )
+            await self.aws.ddb(op, **params)
             return True
         except Exception as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             return False
 
+    async def _put_if_absent(self, item: dict[str, Any]) -> bool:
+        return await self._conditional("put_item", self._absent_put(item))
+
     async def set_if_not_exist(self, key: str, value: str, ttl_seconds: float) -> bool:
         """See CoordinationStore (a conditional ``PutItem``)."""
-        exp, ttl = self._expiry(ttl_seconds)
-        return await self._put_if_absent(
-            {**self._key(key), "val": _s(value), "exp": exp, "ttl": ttl}
-        )
+        return await self._put_if_absent(self._value_item(key, value, ttl_seconds))
 
     async def extend_ttl(self, key: str, ttl_seconds: float) -> bool:
         """See CoordinationStore (conditional on the item being live)."""
@@ -1095,20 +1098,7 @@ class DynamoCoordinationStore:
 
     async def compare_and_delete(self, key: str, value: str) -> bool:
         """Delete ``key`` only when it is live and holds ``value`` (atomic lease release)."""
-        try:
-            await self.aws.ddb(
-                "delete_item",
-                TableName=self.table,
-                Key=self._key(key),
-                ConditionExpression="#val = :v AND #e > :now",
-                ExpressionAttributeNames={"#val": "val", "#e": "exp"},
-                ExpressionAttributeValues={":v": _s(value), ":now": _n(time.time())},
-            )
-            return True
-        except Exception as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-            return False
+        return await self._conditional("delete_item", self._held_delete(key, value))
 
 
 async def create_table(
