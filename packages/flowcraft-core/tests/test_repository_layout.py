@@ -45,3 +45,37 @@ def test_the_github_workflow_runs_every_scripts_test_stage() -> None:
         assert f"--stage {stage}" in ci, stage
     assert "uv run pytest" not in ci
     assert "uv run ruff" not in ci
+
+
+def test_shard_runner_repeats_why_a_shard_failed_at_the_end(tmp_path: Path) -> None:
+    """``scripts/pytest-shards`` prints each shard's log when it ends and, after the last
+    one, a failed shard's error lines and log tail again: the end of a long CI log says what
+    failed, whatever finished after it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad" / "test_bad.py").write_text(
+        "def test_broken():\n    assert 1 + 1 == 3, 'arithmetic is off'\n", encoding="utf-8"
+    )
+    (tmp_path / "good" / "test_good.py").write_text(
+        "import time\n\ndef test_ok():\n    time.sleep(1.5)\n", encoding="utf-8"
+    )
+    shards = [str(REPO / "scripts" / "pytest-shards"), "--jobs", "2", "bad", "good"]
+    out = subprocess.run(
+        [sys.executable, *shards, "--", "-q", "-p", "no:cacheprovider", "--rootdir", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout
+    ends = [ln for ln in text.splitlines() if ln.startswith("---- ") and "exit" in ln]
+    assert [ln.split(":")[0] for ln in ends] == ["---- bad", "---- good"]
+    recap = text[text.index("---- recap of failed bad: error lines") :]
+    assert "---- good" not in recap
+    assert "E       AssertionError: arithmetic is off" in recap
+    assert "FAILED bad/test_bad.py::test_broken - AssertionError: arithmetic is off" in recap
+    assert recap.count("---- recap of failed") == 2

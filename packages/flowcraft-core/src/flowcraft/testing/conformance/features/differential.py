@@ -366,12 +366,15 @@ _SETTINGS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
 class Box:
     """The test's backend under a short ``repr`` (hypothesis prints a failing example's
-    arguments; a broker's repr can be megabytes)."""
+    arguments; a broker's repr can be megabytes). Not a dataclass: hypothesis prints a
+    dataclass field by field, whatever its ``__repr__``."""
 
-    backend: Any
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
 
     def __repr__(self) -> str:
         return f"Box({type(self.backend).__name__})"
