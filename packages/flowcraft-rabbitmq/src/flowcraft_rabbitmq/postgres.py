@@ -7,10 +7,14 @@ quoted with :class:`psycopg.sql.Identifier` (configuration, never data).
 Layout (schema ``flowcraft`` by default, created by :meth:`PostgresRunStore.migrate`)::
 
     runs (run_id TEXT PK, version BIGINT, status TEXT, blueprint_id TEXT,
-          created_at, updated_at, finished_at TIMESTAMPTZ, result TEXT, published_at)
+          created_at, updated_at, finished_at TIMESTAMPTZ, result TEXT, published_at,
+          epoch TEXT)                                      -- v2: random id of this row
         partial index runs_active (updated_at, run_id) WHERE status is not final
         (blueprint_id is no longer written: the store never decodes the engine's keys)
-    ctx  (run_id TEXT, key TEXT, value TEXT, PRIMARY KEY (run_id, key))
+    ctx  (run_id TEXT, key TEXT, value TEXT, ver BIGINT, PRIMARY KEY (run_id, key))
+        (v2: ``ver`` is the run version that last wrote the key; a deleted key keeps its
+        row with ``value`` NULL until the run is purged, so a reader can be told)
+    leases (key TEXT PK, token TEXT, expires_at TIMESTAMPTZ)   -- v2: node leases
     meta (key TEXT PK, value TEXT)                         -- schema_version
 
 One row per (run, key) rather than one JSONB document per run: a node's commit then writes only
@@ -28,6 +32,14 @@ they happen only when the version check passed. The status column is the run's s
 engine passes with each commit (never read from its keys), and a final status
 (``completed``/``failed``/``stalled``/``cancelled``) is never replaced by another status
 (compare-and-set: a late duplicate never revives a finished run).
+
+The run context implements the engine's incremental protocol
+(:class:`~flowcraft.distributed.contracts.IncrementalContext`): a worker that has seen a run
+reads only the rows written after the version it saw (one statement), a node lease is taken
+in the same round trip as that read (two pipelined statements, so the read's snapshot is
+taken after the lease), and a commit releases the committing delivery's lease and takes its
+inline successors' leases inside the commit statement. Without it every hop re-read and
+decoded the whole run: quadratic in the length of a run.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from typing import Any, Final, LiteralString
 import psycopg
 from flowcraft.context import PatchOperation
 from flowcraft.distributed.codec import decode_value, encode_value
-from flowcraft.distributed.contracts import Snapshot
+from flowcraft.distributed.contracts import Changes, CommitResult, Snapshot
 from flowcraft.distributed.results import PushSource, one_by_one
 from flowcraft.state import FINAL_STATUSES
 from psycopg import sql
@@ -53,7 +65,7 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("flowcraft.rabbitmq.postgres")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The newest schema version :meth:`PostgresRunStore.migrate` creates."""
 
 _FINAL_SQL: Final = "('completed', 'failed', 'stalled', 'cancelled')"
@@ -62,7 +74,7 @@ assert set(FINAL_STATUSES) == {"completed", "failed", "stalled", "cancelled"}
 _KEY_ESCAPE: Final = "\x01"
 
 # Each migration: statements run in one transaction; {s} is the schema, tables are {runs},
-# {ctx}, {meta}, {active} (the index name, unqualified).
+# {ctx}, {meta}, {leases}, {active} (the index name, unqualified).
 _MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS {runs} (
@@ -83,6 +95,17 @@ _MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
              key TEXT NOT NULL,
              value TEXT NOT NULL,
              PRIMARY KEY (run_id, key)
+           )""",
+    ),
+    2: (
+        "ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS epoch TEXT NOT NULL "
+        "DEFAULT gen_random_uuid()::text",
+        "ALTER TABLE {ctx} ADD COLUMN IF NOT EXISTS ver BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE {ctx} ALTER COLUMN value DROP NOT NULL",
+        """CREATE TABLE IF NOT EXISTS {leases} (
+             key TEXT PRIMARY KEY,
+             token TEXT NOT NULL,
+             expires_at TIMESTAMPTZ NOT NULL
            )""",
     ),
 }
@@ -106,7 +129,8 @@ def decode_key(stored: str) -> str:
 @dataclass
 class PostgresStoreStats:
     """Counters shared by every context of a store: successful commits, the bytes they wrote
-    (keys + encoded values) and statements sent (round trips)."""
+    (keys + encoded values) and round trips (a lease taken with a read is two pipelined
+    statements in one round trip)."""
 
     commits: int = 0
     bytes_written: int = 0
@@ -161,6 +185,7 @@ class PostgresRunStore:
             "runs": sql.Identifier(schema, "runs"),
             "ctx": sql.Identifier(schema, "ctx"),
             "meta": sql.Identifier(schema, "meta"),
+            "leases": sql.Identifier(schema, "leases"),
             "active": sql.Identifier("runs_active"),
             "s": sql.Identifier(schema),
         }
@@ -168,18 +193,36 @@ class PostgresRunStore:
         q = self._q
         self._sql_load = q(
             "SELECT r.version, c.key, c.value FROM {runs} r "
-            "LEFT JOIN {ctx} c ON c.run_id = r.run_id WHERE r.run_id = %s"
+            "LEFT JOIN {ctx} c ON c.run_id = r.run_id AND c.value IS NOT NULL WHERE r.run_id = %s"
         )
-        self._sql_get = q("SELECT value FROM {ctx} WHERE run_id = %s AND key = %s")
+        self._sql_get = q(
+            "SELECT value FROM {ctx} WHERE run_id = %s AND key = %s AND value IS NOT NULL"
+        )
         self._sql_status = q("SELECT status FROM {runs} WHERE run_id = %s")
+        # Every written row carries the new version; a delete leaves a NULL row behind.
         writes = (
-            ", up AS (INSERT INTO {ctx} (run_id, key, value) "
-            "SELECT v.run_id, t.k, t.val FROM v, "
-            "unnest(%(keys)s::text[], %(vals)s::text[]) AS t(k, val) "
-            "ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value RETURNING 1), "
-            "del AS (DELETE FROM {ctx} c USING v WHERE c.run_id = v.run_id "
-            "AND c.key = ANY(%(dels)s::text[]) RETURNING 1) "
-            "SELECT count(*) FROM v"
+            ", up AS (INSERT INTO {ctx} (run_id, key, value, ver) "
+            "SELECT v.run_id, t.k, t.val, v.version FROM v, "
+            "unnest(%(keys)b::text[], %(vals)b::text[]) AS t(k, val) "
+            "ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, "
+            "ver = EXCLUDED.ver RETURNING 1), "
+            "del AS (UPDATE {ctx} c SET value = NULL, ver = v.version FROM v "
+            "WHERE c.run_id = v.run_id AND c.key = ANY(%(dels)b::text[]) "
+            "AND c.value IS NOT NULL RETURNING 1)"
+        )
+        done = " SELECT v.version, v.epoch FROM v"
+        # The leases a commit releases (compare-and-delete) and takes (absent or expired),
+        # only when its version check passed; the reply lists the keys taken.
+        leases = (
+            ", rel AS (DELETE FROM {leases} l USING v, "
+            "unnest(%(rk)b::text[], %(rt)b::text[]) AS r(k, tok) "
+            "WHERE l.key = r.k AND l.token = r.tok RETURNING 1), "
+            "tk AS (INSERT INTO {leases} AS l (key, token, expires_at) "
+            "SELECT t.k, t.tok, now() + make_interval(secs => %(ttl)s::float8) FROM v, "
+            "unnest(%(tk)b::text[], %(tt)b::text[]) AS t(k, tok) "
+            "ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, "
+            "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() RETURNING l.key) "
+            "SELECT v.version, v.epoch, ARRAY(SELECT key FROM tk) FROM v"
         )
         # A final status is never replaced by another one (compare-and-set).
         keep_final = (
@@ -193,14 +236,16 @@ class PostgresRunStore:
             "ELSE finished_at END "
             "WHERE run_id = %(run)s AND version = %(expected)s AND "
             + keep_final.replace("{t}", "{runs}")
-            + " RETURNING run_id)"
+            + " RETURNING run_id, version, epoch)"
             + writes
         )
+        self._sql_commit_leases = self._sql_commit + q(leases)
+        self._sql_commit = self._sql_commit + q(done)
         self._sql_create = q(
             "WITH v AS (INSERT INTO {runs} (run_id, version, status, finished_at) "
             "VALUES (%(run)s, 1, COALESCE(%(status)s::text, 'running'), "
             "CASE WHEN %(final)s::boolean THEN now() END) "
-            "ON CONFLICT (run_id) DO NOTHING RETURNING run_id)" + writes
+            "ON CONFLICT (run_id) DO NOTHING RETURNING run_id, version, epoch)" + writes + done
         )
         self._sql_upsert = q(
             "WITH v AS (INSERT INTO {runs} AS r (run_id, version, status, finished_at) "
@@ -211,8 +256,9 @@ class PostgresRunStore:
             "finished_at = CASE WHEN %(final)s::boolean THEN COALESCE(r.finished_at, now()) "
             "ELSE r.finished_at END WHERE "
             + keep_final.replace("{t}", "r")
-            + " RETURNING run_id)"
+            + " RETURNING run_id, version, epoch)"
             + writes
+            + done
         )
         self._sql_active = q(
             "SELECT run_id, updated_at FROM {runs} WHERE status NOT IN " + _FINAL_SQL + " "
@@ -232,15 +278,42 @@ class PostgresRunStore:
         )
         self._sql_purge = q(
             "WITH gone AS (DELETE FROM {runs} WHERE status IN " + _FINAL_SQL + " "
-            "AND finished_at < now() - make_interval(secs => %s::float8) RETURNING run_id), "
-            "c AS (DELETE FROM {ctx} USING gone WHERE {ctx}.run_id = gone.run_id RETURNING 1) "
+            "AND finished_at < now() - make_interval(secs => %(age)s::float8) RETURNING run_id), "
+            "c AS (DELETE FROM {ctx} USING gone WHERE {ctx}.run_id = gone.run_id RETURNING 1), "
+            "l AS (DELETE FROM {leases} "
+            "WHERE expires_at < now() - make_interval(secs => %(age)s::float8)) "
             "SELECT count(*) FROM gone"
         )
+        # A run's rows after ``since`` of the same epoch (every live row otherwise); with a
+        # lease key, only while that lease is held by the token (first column).
+        self._sql_since = q(
+            "SELECT l.held, r.version, r.epoch, c.key, c.value FROM "
+            "(SELECT %(lk)s::text IS NULL OR EXISTS (SELECT 1 FROM {leases} "
+            "WHERE key = %(lk)s AND token = %(lt)s) AS held) l "
+            "LEFT JOIN {runs} r ON l.held AND r.run_id = %(run)s "
+            "LEFT JOIN {ctx} c ON c.run_id = r.run_id AND CASE "
+            "WHEN r.epoch = %(epoch)s AND %(since)s::bigint > 0 "
+            "AND %(since)s::bigint <= r.version THEN c.ver > %(since)s::bigint "
+            "ELSE c.value IS NOT NULL END"
+        )
+        self._sql_take = q(
+            "INSERT INTO {leases} AS l (key, token, expires_at) "
+            "VALUES (%(k)s, %(t)s, now() + make_interval(secs => %(ttl)s::float8)) "
+            "ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, "
+            "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now()"
+        )
+        self._sql_holder = q("SELECT token FROM {leases} WHERE key = %s AND expires_at > now()")
+        self._sql_extend = q(
+            "UPDATE {leases} SET expires_at = now() + make_interval(secs => %s::float8) "
+            "WHERE key = %s AND expires_at > now() RETURNING 1"
+        )
+        self._sql_release = q("DELETE FROM {leases} WHERE key = %s AND token = %s RETURNING 1")
         self._final: PushSource | None = None
 
-    def _q(self, template: LiteralString) -> sql.Composed:
-        """``template`` with the deployment's identifiers filled in (identifiers only)."""
-        return sql.SQL(template).format(**self._names)
+    def _q(self, template: LiteralString) -> bytes:
+        """``template`` with the deployment's identifiers filled in (identifiers only), as
+        the bytes sent: composed once, not on every execution."""
+        return sql.SQL(template).format(**self._names).as_bytes(None)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -266,7 +339,7 @@ class PostgresRunStore:
             await self._pool.close()
             self._opened = False
 
-    async def _execute(self, query: sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
+    async def _execute(self, query: bytes, params: Any = None) -> list[tuple[Any, ...]]:
         await self.open()
         self.stats.statements += 1
         async with self._pool.connection() as conn:
@@ -360,6 +433,28 @@ class PostgresRunStore:
         """Apply ``ops`` in one statement; with ``expected`` only if the run's version still
         equals it (0: only if the run does not exist yet). ``status`` (None: unchanged)
         becomes the run's indexed status. True when applied."""
+        params, written = self._commit_params(run_id, ops, expected, status)
+        query = (
+            self._sql_upsert
+            if expected is None
+            else self._sql_create
+            if expected == 0
+            else self._sql_commit
+        )
+        rows = await self._execute(query, params)
+        if not rows:
+            return False
+        self._committed(written)
+        return True
+
+    def _commit_params(
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int | None,
+        status: str | None,
+    ) -> tuple[dict[str, Any], int]:
+        """The parameters of a commit statement and the bytes it writes."""
         last: dict[str, PatchOperation] = {}
         for op in ops:  # the last operation on a key wins, as if applied in order
             last.pop(op.key, None)
@@ -385,19 +480,111 @@ class PostgresRunStore:
             "vals": vals,
             "dels": dels,
         }
-        query = (
-            self._sql_upsert
-            if expected is None
-            else self._sql_create
-            if expected == 0
-            else self._sql_commit
-        )
-        rows = await self._execute(query, params)
-        if not rows or int(rows[0][0]) == 0:
-            return False
+        return params, written
+
+    def _committed(self, written: int) -> None:
         self.stats.commits += 1
         self.stats.bytes_written += written
-        return True
+
+    # -- the incremental protocol (rows since a version, leases with reads and commits) --------
+
+    async def load_since(
+        self, run_id: str, since: int, epoch: str, lease: tuple[str, str, float] | None
+    ) -> Changes | None:
+        """What changed in the run after version ``since`` of ``epoch`` (everything when the
+        run's epoch differs or ``since`` is 0), in one statement; with ``lease`` ((key,
+        token, ttl)), that lease is taken first in the same round trip: None when another
+        token holds it."""
+        params = {
+            "run": run_id,
+            "since": since,
+            "epoch": epoch,
+            "lk": lease[0] if lease else None,
+            "lt": lease[1] if lease else None,
+        }
+        if lease is None:
+            rows = await self._execute(self._sql_since, params)
+        else:
+            await self.open()
+            self.stats.statements += 1  # one round trip
+            async with self._pool.connection() as conn, conn.pipeline():
+                take = {"k": lease[0], "t": lease[1], "ttl": lease[2]}
+                await conn.execute(self._sql_take, take)
+                cur = await conn.execute(self._sql_since, params)
+                rows = await cur.fetchall()
+        if not rows[0][0]:
+            return None  # the lease is held by another token
+        if rows[0][1] is None:
+            return Changes(0, "", True, {})
+        version, now_epoch = int(rows[0][1]), str(rows[0][2])
+        full = now_epoch != epoch or since <= 0 or since > version
+        sets: dict[str, Any] = {}
+        deletes: list[str] = []
+        for _, _, _, k, v in rows:
+            if k is None:
+                continue
+            if v is None:
+                deletes.append(decode_key(k))
+            else:
+                sets[decode_key(k)] = decode_value(v)
+        return Changes(version, now_epoch, full, sets, deletes)
+
+    async def commit_release(
+        self,
+        run_id: str,
+        ops: Sequence[PatchOperation],
+        expected: int,
+        release: Sequence[tuple[str, str]],
+        take: Sequence[tuple[str, str]],
+        ttl: float,
+        status: str | None,
+    ) -> CommitResult:
+        """:meth:`commit` at version ``expected`` that, in the same statement, releases the
+        leases ``release`` ((key, token): only while the token holds them) and takes the
+        leases ``take`` (absent or expired ones) for ``ttl`` seconds."""
+        params, written = self._commit_params(run_id, ops, expected, status)
+        taking = dict(take)
+        # One statement cannot delete and insert one row: a key both released and taken is
+        # released here and taken right after the commit.
+        later = [(k, t) for k, t in take if any(k == r for r, _ in release)]
+        for k, _ in later:
+            taking.pop(k, None)
+        params.update(
+            rk=[k for k, _ in release],
+            rt=[t for _, t in release],
+            tk=list(taking),
+            tt=list(taking.values()),
+            ttl=ttl,
+        )
+        rows = await self._execute(self._sql_commit_leases, params)
+        if not rows:
+            return CommitResult(False)
+        self._committed(written)
+        got = set(rows[0][2])
+        for k, t in later:
+            if await self.take_lease(k, t, ttl):
+                got.add(k)
+        return CommitResult(True, str(rows[0][1]), [k in got for k, _ in take])
+
+    async def take_lease(self, key: str, token: str, ttl: float) -> bool:
+        """Take lease ``key`` for ``token`` when it is absent or expired; True when taken."""
+        rows = await self._execute(
+            self._sql_take + self._q(" RETURNING 1"), {"k": key, "t": token, "ttl": ttl}
+        )
+        return bool(rows)
+
+    async def lease_holder(self, key: str) -> str | None:
+        """The token holding lease ``key`` (None: absent or expired)."""
+        rows = await self._execute(self._sql_holder, (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def extend_lease(self, key: str, ttl: float) -> bool:
+        """Give the live lease ``key`` a new TTL; False when it is absent or expired."""
+        return bool(await self._execute(self._sql_extend, (ttl, key)))
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Delete lease ``key`` only while ``token`` holds it; True when it did."""
+        return bool(await self._execute(self._sql_release, (key, token)))
 
     async def run_status(self, run_id: str) -> str | None:
         """The indexed status of a run (None when there is no such run)."""
@@ -457,7 +644,7 @@ class PostgresRunStore:
     async def purge_finished(self, older_than: float) -> int:
         """Delete runs that became final more than ``older_than`` seconds ago (retention);
         returns how many."""
-        rows = await self._execute(self._sql_purge, (older_than,))
+        rows = await self._execute(self._sql_purge, {"age": older_than})
         return int(rows[0][0]) if rows else 0
 
     # -- waiting for final runs ------------------------------------------------------------------
@@ -511,7 +698,8 @@ class _RunGate:
 
 class PostgresRunContext:
     """A run's context in a :class:`PostgresRunStore`
-    (:class:`~flowcraft.distributed.contracts.DistributedContext`).
+    (:class:`~flowcraft.distributed.contracts.DistributedContext` and its incremental
+    protocol, :class:`~flowcraft.distributed.contracts.IncrementalContext`).
 
     Conflicting commits of one run from one process (the branches of a wide fan-out finishing
     together) would otherwise reload the whole run and collide again in lock step: after a
@@ -573,6 +761,51 @@ class PostgresRunContext:
             self._leave_gate()
         self._conflicts = 0 if ok else self._conflicts + 1
         return ok
+
+    # IncrementalContext: reads return the rows written since the version a worker saw, the
+    # node lease travels with the read and with the commit.
+
+    async def load_since(
+        self, since: int, epoch: str, lease: tuple[str, str, float] | None = None
+    ) -> Changes | None:
+        """See IncrementalContext (one round trip; None when ``lease`` is held elsewhere).
+        A reread after a lost commit waits for the run's gate, as :meth:`load` does."""
+        if self._conflicts and self._gate is None and self._store.gate_hold_max > 0:
+            await self._enter_gate()
+        return await self._store.load_since(self.run_id, since, epoch, lease)
+
+    async def commit_release(
+        self,
+        ops: list[PatchOperation],
+        expected_version: int,
+        release: Sequence[tuple[str, str]] = (),
+        take: Sequence[tuple[str, str]] = (),
+        ttl_seconds: float = 0.0,
+        epoch: str = "",
+        status: str | None = None,
+    ) -> CommitResult:
+        """See IncrementalContext (one statement; a refusal carries no changes, the engine
+        rereads what changed)."""
+        try:
+            r = await self._store.commit_release(
+                self.run_id, ops, expected_version, release, take, ttl_seconds, status
+            )
+        finally:
+            self._leave_gate()
+        self._conflicts = 0 if r.ok else self._conflicts + 1
+        return r
+
+    async def lease_holder(self, key: str) -> str | None:
+        """See IncrementalContext."""
+        return await self._store.lease_holder(key)
+
+    async def extend_lease(self, key: str, ttl_seconds: float) -> bool:
+        """See IncrementalContext."""
+        return await self._store.extend_lease(key, ttl_seconds)
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """See IncrementalContext."""
+        return await self._store.release_lease(key, token)
 
     async def _enter_gate(self) -> None:
         gates = self._store._gates
