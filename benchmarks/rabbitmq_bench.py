@@ -282,21 +282,22 @@ async def round_trips(dep: Deployment, size: int, inline: int) -> dict[str, Any]
 
 WHY = {
     False: (
-        "postgres: 1 load + 1 conditional commit per node, +1 result row (and NOTIFY) per "
-        "run; redis: lease SET NX + compare-and-delete per node (heartbeats add more only for "
-        "nodes running longer than lease/3), + the finalized marker per run; amqp: 1 confirmed "
-        "publish per successor; the ack is one-way"
+        "postgres: 1 round trip taking the node lease and reading what changed since the "
+        "worker last saw the run (two pipelined statements) + 1 commit that also releases the "
+        "lease, per node, +1 result row (and NOTIFY) per run; redis: the finalized marker per "
+        "run; amqp: 1 confirmed publish per successor; the ack is one-way"
     ),
     True: (
-        "as every node a job, without the publish and the ack: the worker that commits a node "
-        "leases its successor just after the commit (SET NX), reads the run again and runs it"
+        "as every node a job, without the publish, the ack and the read: the commit that "
+        "makes the successor ready also takes its lease, and the worker's view of the run is "
+        "already current, so a hop is one statement"
     ),
 }
 """What the round trips per node are, every node a job (False) and inline (True)."""
 
 MODES = {"jobs": 0, "inline": 64}
-"""The measured modes: every node a message (the adapter's default), and up to 64 successors
-run by the worker that made them ready (``inline=64``)."""
+"""The measured modes: every node a message, and up to 64 successors run by the worker that
+made them ready (``inline=64``, the adapter's default)."""
 
 
 async def raw_rabbitmq(amqp: str, hops: int, messages: int = 2000) -> dict[str, Any]:

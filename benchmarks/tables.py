@@ -109,7 +109,7 @@ def rabbitmq(doc: Doc) -> str:
         "(PostgreSQL + Redis + confirmed publish) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    names = {"jobs": "every node a message (default)", "inline": "inline successors (64)"}
+    names = {"jobs": "every node a message", "inline": "inline successors (64, default)"}
     for mode, name in names.items():
         m = doc.get(mode)
         if not m:

@@ -159,6 +159,125 @@ async def test_migrations_are_idempotent_and_concurrent(rabbit: RabbitBackend) -
             await s.aclose()
 
 
+async def test_a_version_1_schema_is_upgraded_with_its_runs_intact(rabbit: RabbitBackend) -> None:
+    """A deployment created by schema version 1 (no row versions, no epochs, no lease table)
+    migrates to version 2 with its runs readable: a reader that saw nothing gets every key,
+    and later commits are then read incrementally."""
+    store = rabbit.store
+    await store.open()
+    async with store.pool.connection() as conn, conn.transaction():
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(rabbit.schema)))
+        for stmt in _v1_schema():
+            await conn.execute(store._q(stmt))
+        await conn.execute(
+            store._q("INSERT INTO {runs} (run_id, version, status) VALUES ('old', 3, 'running')")
+        )
+        await conn.execute(
+            store._q(
+                "INSERT INTO {ctx} (run_id, key, value) VALUES ('old', 'a', '1'), ('old', 'b', '2')"
+            )
+        )
+    assert await store.schema_version() == 1
+    assert await store.migrate() == SCHEMA_VERSION == 2
+    ch = await store.load_since("old", 0, "", None)
+    assert ch is not None
+    assert (ch.version, ch.full, ch.sets, ch.deletes) == (3, True, {"a": 1, "b": 2}, ())
+    assert await store.commit("old", [_set("c", 3)], 3)
+    later = await store.load_since("old", 3, ch.epoch, None)
+    assert later is not None
+    assert (later.version, later.full, later.sets) == (4, False, {"c": 3})
+
+
+def _v1_schema() -> list[Any]:
+    from flowcraft_rabbitmq import postgres
+
+    return [
+        "CREATE TABLE {meta} (key TEXT PRIMARY KEY, value TEXT)",
+        "INSERT INTO {meta} VALUES ('schema_version', '1')",
+        *postgres._MIGRATIONS[1],
+    ]
+
+
+async def test_load_since_returns_only_what_changed(rabbit: RabbitBackend) -> None:
+    """A reader that saw version N of a run gets exactly the keys written or deleted after
+    it; a reader of another epoch (the run was deleted and created again) or of version 0
+    gets every live key; a reader that is current gets nothing."""
+    store = await _store(rabbit)
+    assert await store.commit("r", [_set("a", 1), _set("b", [1]), _set("c", "x")], 0)
+    first = await store.load_since("r", 0, "", None)
+    assert first is not None
+    assert (first.version, first.full, first.sets) == (1, True, {"a": 1, "b": [1], "c": "x"})
+    epoch = first.epoch
+    assert epoch
+    assert await store.commit("r", [_set("b", [1, 2]), PatchOperation("delete", "c")], 1)
+    assert await store.commit("r", [_set("d", None)], 2)
+    ch = await store.load_since("r", 1, epoch, None)
+    assert ch is not None
+    assert (ch.version, ch.epoch, ch.full) == (3, epoch, False)
+    assert (ch.sets, ch.deletes) == ({"b": [1, 2], "d": None}, ("c",))
+    same = await store.load_since("r", 3, epoch, None)
+    assert same is not None
+    assert (same.version, same.full, same.sets, same.deletes) == (3, False, {}, ())
+    # a deleted key is gone from full reads and single gets
+    full = await store.load_since("r", 2, "another epoch", None)
+    assert full is not None
+    assert (full.full, full.sets, full.deletes) == (True, {"a": 1, "b": [1, 2], "d": None}, ())
+    assert (await store.load("r")).data == {"a": 1, "b": [1, 2], "d": None}
+    assert await store.get_key("r", "c") == (False, None)
+    # deleted and created again: a new epoch, every key
+    await store.delete_run("r")
+    assert await store.commit("r", [_set("z", 0)], 0)
+    again = await store.load_since("r", 1, epoch, None)
+    assert again is not None
+    assert again.epoch != epoch
+    assert (again.version, again.full, again.sets) == (1, True, {"z": 0})
+    gone = await store.load_since("missing", 4, epoch, None)
+    assert gone is not None
+    assert (gone.version, gone.full, gone.sets) == (0, True, {})
+
+
+async def test_leases_travel_with_reads_and_commits(rabbit: RabbitBackend) -> None:
+    """A read with a lease takes it first (None when another token holds it; an expired
+    lease is taken over); a commit releases the committing token's lease and takes the
+    successors' leases only when its version check passes; a key both released and taken
+    ends held by the new token."""
+    store = await _store(rabbit)
+    assert await store.commit("r", [_set("a", 1)], 0)
+    assert await store.load_since("r", 0, "", ("L1", "t1", 30.0)) is not None
+    assert await store.load_since("r", 0, "", ("L1", "t2", 30.0)) is None
+    assert await store.lease_holder("L1") == "t1"
+    assert await store.load_since("r", 0, "", ("L2", "old", 0.05)) is not None
+    await asyncio.sleep(0.1)
+    assert await store.lease_holder("L2") is None
+    assert not await store.extend_lease("L2", 30.0)
+    assert await store.load_since("r", 0, "", ("L2", "new", 30.0)) is not None
+    assert await store.lease_holder("L2") == "new"
+    # refused commit: no lease moves
+    r = await store.commit_release("r", [_set("a", 2)], 7, [("L1", "t1")], [("L3", "t3")], 30, None)
+    assert (r.ok, r.taken) == (False, [])
+    assert await store.lease_holder("L1") == "t1"
+    assert await store.lease_holder("L3") is None
+    # accepted: L1 released, L3 taken, L2 (held by "new") not taken, L1 released and taken
+    r = await store.commit_release(
+        "r",
+        [_set("a", 3)],
+        1,
+        [("L1", "t1")],
+        [("L3", "t3"), ("L2", "t4"), ("L1", "t5")],
+        30,
+        "running",
+    )
+    assert (r.ok, r.taken) == (True, [True, False, True])
+    assert r.epoch == (await store.load_since("r", 0, "", None) or r).epoch
+    assert [await store.lease_holder(k) for k in ("L1", "L2", "L3")] == ["t5", "new", "t3"]
+    assert (await store.load("r")) == type(await store.load("r"))({"a": 3}, 2)
+    # release only by the holder's token
+    assert not await store.release_lease("L3", "t1")
+    assert await store.release_lease("L3", "t3")
+    assert await store.lease_holder("L3") is None
+    assert await store.extend_lease("L2", 30.0)
+
+
 # == runs with NUL strings, results, reconcile_all, waiting ========================================
 
 
@@ -211,7 +330,10 @@ async def test_reconcile_all_uses_the_stale_scan(rabbit: RabbitBackend) -> None:
     faults = FaultInjector().drop("b")
 
     async def make(runtime_options: dict[str, Any], **kw: Any) -> Any:
-        return rabbit.adapter(runtime_options=runtime_options, lease_seconds=0.3, **kw)
+        # every node a message: the dropped job is b's own (inline, a would run b itself)
+        return rabbit.adapter(
+            runtime_options=runtime_options, lease_seconds=0.3, inline_successors=0, **kw
+        )
 
     async with Cluster(make, s.runtime_options, workers=1, faults=faults, timeout=20) as c:
         rid = await c.start_run("lost")
@@ -389,6 +511,7 @@ async def test_long_node_hands_off_its_delivery(rabbit: RabbitBackend) -> None:
             lease_seconds=0.3,
             handoff_after=0.2,
             watchdog_interval=0.2,
+            inline_successors=0,  # the long node is a delivery of its own
             **kw,
         )
         orig = a._lease_alive
@@ -426,6 +549,7 @@ async def test_watchdog_recovers_a_handed_off_job_whose_worker_died(
             lease_seconds=0.3,
             handoff_after=0.2,
             watchdog_interval=0.2,
+            inline_successors=0,  # the long node is a delivery of its own
             **kw,
         )
         orig = a._lease_alive

@@ -1,5 +1,5 @@
-"""RabbitMQAdapter: Flowcraft workers and clients on RabbitMQ, with run state in PostgreSQL
-and coordination (node leases) in Redis.
+"""RabbitMQAdapter: Flowcraft workers and clients on RabbitMQ, with run state and node leases
+in PostgreSQL and the other coordination keys (markers, counters) in Redis.
 
 All orchestration (routing, joins, exactly-once commits, leases, recovery) and what happens
 to a delivered message (:func:`~flowcraft.distributed.delivery.decide`: ack, retry, redeliver,
@@ -23,7 +23,7 @@ robust connections) and the stores:
 * manual ack after the handler returned, i.e. after the step's commit and its successors'
   confirmed enqueues; ``prefetch`` bounds the jobs in progress per worker.
 * crash recovery: a dead worker's unacked deliveries are requeued by the broker when its
-  connection closes, at once, while the dead worker's node lease in Redis still holds: such a
+  connection closes, at once, while the dead worker's node lease still holds: such a
   redelivery becomes a watchdog copy (below) that re-checks the lease every half lease and
   runs the job once the lease is gone (as a redelivery, so the engine repairs what the dead
   worker left undone); the lease keeps a slow node from running twice.
@@ -147,12 +147,12 @@ class RabbitMQAdapter(BaseDistributedAdapter):
     ``handoff_after`` (default: half of it) and watched every ``watchdog_interval`` s.
     ``publish_timeout`` bounds how long a publish waits for a lost connection to come back.
     ``retry_in_process=False`` delegates node retries to the queue (one delivery per attempt,
-    backoff through the delay queues). ``inline_successors`` (default 0: every node a
+    backoff through the delay queues). ``inline_successors`` (default 64; 0: every node a
     message): how many successors a delivered job runs itself (docs/distributed.md, "Inline
-    successors"; on PostgreSQL each costs a full reload of the run, so it does not pay yet:
-    see benchmarks/README.md). Other keyword arguments go to
-    :class:`~flowcraft.distributed.BaseDistributedAdapter` (``runtime_options``,
-    ``lease_seconds``, ``delivery_policy`` (delivery cap and redelivery backoff), ...).
+    successors"); the commit that makes a node ready takes its lease in the same statement.
+    Other keyword arguments go to :class:`~flowcraft.distributed.BaseDistributedAdapter`
+    (``runtime_options``, ``lease_seconds``, ``delivery_policy`` (delivery cap and
+    redelivery backoff), ...).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -185,7 +185,7 @@ class RabbitMQAdapter(BaseDistributedAdapter):
         migrate: bool = True,
         pg_pool_size: int = 8,
         stats: PostgresStoreStats | None = None,
-        inline_successors: int = 0,
+        inline_successors: int = 64,
         **kwargs: Any,
     ) -> None:
         prefetch = prefetch or concurrency or 16
