@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flowcraft.context import PatchOperation
 from flowcraft.distributed.memory import InMemoryCoordinationStore, MemoryBroker, MemoryRunContext
 from flowcraft.distributed.sqlite import SqliteBackend, SqliteCoordinationStore, SqliteRunContext
 from flowcraft.testing.conformance import CoordinationStoreSuite, RunStoreSuite
@@ -66,3 +67,81 @@ class TestSqliteRunStore(RunStoreSuite):
     ) -> Callable[[str], SqliteRunContext]:
         """Each context on its own connection to a fresh database file."""
         return lambda run_id: SqliteRunContext(sqlite_connections(), run_id)
+
+
+def _set(key: str, value: object) -> PatchOperation:
+    return PatchOperation("set", key, value)
+
+
+async def test_sqlite_reads_only_the_rows_written_since_a_version(
+    sqlite_connections: Callable[[], SqliteBackend],
+) -> None:
+    """A reader that saw version N gets exactly the keys written or deleted after it; a
+    reader of version 0 (or of a version the run never reached) gets every live key; the
+    lease is taken with the read, and a held lease reads nothing."""
+    ctx = SqliteRunContext(sqlite_connections(), "r")
+    assert await ctx.commit([_set("a", 1), _set("b", [1]), _set("c", "x")], 0)
+    full = await ctx.load_since(0, "", ("L", "t1", 30.0))
+    assert full is not None
+    assert (full.version, full.full, full.sets, full.deletes) == (
+        1,
+        True,
+        {"a": 1, "b": [1], "c": "x"},
+        (),
+    )
+    assert await ctx.load_since(0, "", ("L", "t2", 30.0)) is None  # held by t1
+    assert await ctx.commit([_set("b", [1, 2]), PatchOperation("delete", "c")], 1)
+    assert await ctx.commit([_set("d", None), PatchOperation("delete", "never")], 2)
+    ch = await ctx.load_since(1, "")
+    assert ch is not None
+    assert (ch.version, ch.full, ch.sets, ch.deletes) == (
+        3,
+        False,
+        {"b": [1, 2], "d": None},
+        ("c",),
+    )
+    same = await ctx.load_since(3, "")
+    assert same is not None
+    assert (same.full, same.sets, same.deletes) == (False, {}, ())
+    ahead = await ctx.load_since(9, "")
+    assert ahead is not None
+    assert (ahead.full, ahead.sets) == (True, {"a": 1, "b": [1, 2], "d": None})
+    assert (await ctx.load()).data == {"a": 1, "b": [1, 2], "d": None}
+    assert not await ctx.has("c")
+    assert await ctx.get("c", "gone") == "gone"
+    # a deleted key written again is live again
+    assert await ctx.commit([_set("c", "back")], 3)
+    again = await ctx.load_since(3, "")
+    assert again is not None
+    assert (again.sets, again.deletes) == ({"c": "back"}, ())
+
+
+async def test_sqlite_file_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    """A database whose ``fc_ctx`` has no ``ver`` column gains it when opened; its runs read
+    whole, and later commits are read incrementally."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE fc_ctx (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+        "PRIMARY KEY (run_id, key)) WITHOUT ROWID;"
+        "CREATE TABLE fc_runs (run_id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "status TEXT NOT NULL, updated_at REAL NOT NULL);"
+        "INSERT INTO fc_ctx VALUES ('old', 'a', '1'), ('old', 'b', '2');"
+        "INSERT INTO fc_runs VALUES ('old', 4, 'running', 0);"
+    )
+    conn.commit()
+    conn.close()
+    backend = SqliteBackend(path)
+    try:
+        ctx = SqliteRunContext(backend, "old")
+        whole = await ctx.load_since(0, "")
+        assert whole is not None
+        assert (whole.version, whole.full, whole.sets) == (4, True, {"a": 1, "b": 2})
+        assert await ctx.commit([_set("c", 3)], 4)
+        later = await ctx.load_since(4, "")
+        assert later is not None
+        assert (later.version, later.full, later.sets) == (5, False, {"c": 3})
+    finally:
+        backend.close()

@@ -5,9 +5,11 @@ parameterised; keys are never pasted into SQL. Blocking sqlite calls run on one 
 thread per backend object, so the event loop stays responsive.
 
 Tables: ``fc_jobs`` (queue with visibility timeouts: a claimed message is invisible until its
-``available_at``), ``fc_ctx`` (one row per run and key, JSON values), ``fc_runs`` (version,
-status and last progress per run, indexed for the reconciler), ``fc_coord`` (coordination keys
-with expiry checked on every read), ``fc_dead`` (dead letters).
+``available_at``), ``fc_ctx`` (one row per run and key, JSON values, and ``ver``: the run
+version that last wrote the key; a deleted key keeps its row with an empty value, which no
+JSON text is), ``fc_runs`` (version, status and last progress per run, indexed for the
+reconciler), ``fc_coord`` (coordination keys with expiry checked on every read), ``fc_dead``
+(dead letters). A worker that saw version N of a run reads only the rows with ``ver > N``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS fc_ctx (
   run_id TEXT NOT NULL,
   key TEXT NOT NULL,
   value TEXT NOT NULL,
+  ver INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fc_runs (
@@ -81,14 +84,51 @@ CREATE TABLE IF NOT EXISTS fc_dead (
 """
 
 
+_DELETED = ""
+"""``fc_ctx.value`` of a deleted key (the codec never produces empty text)."""
+
+
 def _read_run(c: sqlite3.Connection, run_id: str) -> Snapshot:
     """Inside a transaction: every key of a run and its version (0 and none when absent)."""
     row = c.execute("SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
     data = {
         k: decode_value(v)
-        for k, v in c.execute("SELECT key, value FROM fc_ctx WHERE run_id = ?", (run_id,))
+        for k, v in c.execute(
+            "SELECT key, value FROM fc_ctx WHERE run_id = ? AND value != ''", (run_id,)
+        )
     }
     return Snapshot(data, row[0] if row else 0)
+
+
+def _read_since(c: sqlite3.Connection, run_id: str, since: int) -> Changes:
+    """Inside a transaction: the run's rows written after version ``since`` (every live row
+    when ``since`` is 0 or newer than the run)."""
+    row = c.execute("SELECT version FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+    version = row[0] if row else 0
+    if since <= 0 or since > version:
+        return Changes(version, "", True, _read_run(c, run_id).data)
+    sets: dict[str, Any] = {}
+    deletes: list[str] = []
+    for k, v in c.execute(
+        "SELECT key, value FROM fc_ctx WHERE run_id = ? AND ver > ?", (run_id, since)
+    ):
+        if v == _DELETED:
+            deletes.append(k)
+        else:
+            sets[k] = decode_value(v)
+    return Changes(version, "", False, sets, deletes)
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to this schema (idempotent; another
+    process may be doing the same)."""
+    cols = {r[1] for r in c.execute("PRAGMA table_info(fc_ctx)")}
+    if "ver" not in cols:
+        try:
+            c.execute("ALTER TABLE fc_ctx ADD COLUMN ver INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _coord_op(c: sqlite3.Connection, now: float, op: str, key: str, value: str, ttl: float) -> Any:
@@ -169,6 +209,7 @@ class SqliteBackend:
                     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(SCHEMA)
+                    _migrate(conn)
                     break
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -338,7 +379,8 @@ class SqliteBackend:
 
         def q(c: sqlite3.Connection) -> tuple[bool, Any]:
             row = c.execute(
-                "SELECT value FROM fc_ctx WHERE run_id = ? AND key = ?", (run_id, key)
+                "SELECT value FROM fc_ctx WHERE run_id = ? AND key = ? AND value != ''",
+                (run_id, key),
             ).fetchone()
             return (True, decode_value(row[0])) if row else (False, None)
 
@@ -386,16 +428,22 @@ class SqliteBackend:
         if expected is not None and version != expected:
             return False
         last = {op.key: (op, text) for op, text in enc}  # in order: the last op wins
-        sets = [(run_id, op.key, text) for op, text in last.values() if op.op == "set"]
-        dels = [(run_id, op.key) for op, _ in last.values() if op.op == "delete"]
+        ver = version + 1
+        sets = [(run_id, op.key, text, ver) for op, text in last.values() if op.op == "set"]
+        dels = [(ver, run_id, op.key) for op, _ in last.values() if op.op == "delete"]
         if sets:
             c.executemany(
-                "INSERT INTO fc_ctx (run_id, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO fc_ctx (run_id, key, value, ver) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, "
+                "ver = excluded.ver",
                 sets,
             )
-        if dels:
-            c.executemany("DELETE FROM fc_ctx WHERE run_id = ? AND key = ?", dels)
+        if dels:  # the row stays, emptied, so a reader of an older version learns of it
+            c.executemany(
+                "UPDATE fc_ctx SET value = '', ver = ? WHERE run_id = ? AND key = ? "
+                "AND value != ''",
+                dels,
+            )
         now = time.time()
         if row is None:
             c.execute(
@@ -472,19 +520,20 @@ class SqliteBackend:
 
     # -- the incremental protocol (lease with the read, leases with the commit) ---------------
 
-    async def load_leased(
-        self, run_id: str, lease: tuple[str, str, float] | None
-    ) -> Snapshot | None:
-        """Take ``lease`` ((key, token, ttl); None when someone else holds it) and read the
-        run, in one transaction."""
-        if lease is None:
-            return await self.load(run_id)
+    async def load_since(
+        self, run_id: str, since: int, lease: tuple[str, str, float] | None
+    ) -> Changes | None:
+        """Take ``lease`` ((key, token, ttl); None when someone else holds it) and read what
+        changed in the run after version ``since`` (everything when ``since`` is 0), in one
+        transaction."""
 
-        def q(c: sqlite3.Connection) -> Snapshot | None:
-            with self._tx(c):
-                if not _coord_op(c, time.time(), "setnx", lease[0], lease[1], lease[2]):
+        def q(c: sqlite3.Connection) -> Changes | None:
+            with self._tx(c, immediate=lease is not None):
+                if lease is not None and not _coord_op(
+                    c, time.time(), "setnx", lease[0], lease[1], lease[2]
+                ):
                     return None
-                return _read_run(c, run_id)
+                return _read_since(c, run_id, since)
 
         return await self.call(q)
 
@@ -599,14 +648,14 @@ class SqliteRunContext:
         return await self._b.commit(self._run_id, ops, expected_version, status)
 
     # IncrementalContext: the lease travels with the read and the commit (one transaction
-    # each), so an inline successor needs no second read; reads are always full.
+    # each), so an inline successor needs no second read; a read returns only the rows
+    # written since the version the worker saw (runs are never deleted: no epochs).
 
     async def load_since(
         self, since: int, epoch: str, lease: tuple[str, str, float] | None = None
     ) -> Changes | None:
-        """See IncrementalContext (a full read; None when ``lease`` is held elsewhere)."""
-        snap = await self._b.load_leased(self._run_id, lease)
-        return None if snap is None else Changes(snap.version, "", True, snap.data)
+        """See IncrementalContext (None when ``lease`` is held elsewhere)."""
+        return await self._b.load_since(self._run_id, since, lease)
 
     async def commit_release(
         self,
