@@ -188,6 +188,19 @@ async def test_a_version_1_schema_is_upgraded_with_its_runs_intact(rabbit: Rabbi
     assert (later.version, later.full, later.sets) == (4, False, {"c": 3})
 
 
+async def test_a_schema_newer_than_the_code_is_refused(rabbit: RabbitBackend) -> None:
+    """A process whose code knows an older schema than the deployment's stops with an error
+    naming both versions instead of misreading what newer workers wrote."""
+    store = await _store(rabbit)
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            store._q("UPDATE {meta} SET value = %s WHERE key = 'schema_version'"),
+            (str(SCHEMA_VERSION + 1),),
+        )
+    with pytest.raises(RuntimeError, match=rf"at version {SCHEMA_VERSION + 1}, newer than the "):
+        await store.migrate()
+
+
 def _v1_schema() -> list[Any]:
     from flowcraft_rabbitmq import postgres
 

@@ -368,7 +368,10 @@ class PostgresRunStore:
         """Create or upgrade the schema to :data:`SCHEMA_VERSION`; returns the version.
 
         Runs in one transaction under an advisory lock, so several workers starting at once
-        migrate exactly once; already-applied migrations are skipped.
+        migrate exactly once; already-applied migrations are skipped. A schema newer than this
+        code knows is refused (a RuntimeError naming both versions): an older worker would
+        misread what newer ones write. Upgrading changes how rows are written, so stop the
+        workers and clients of the older version before the first new one starts.
         """
         await self.open()
         async with self._pool.connection() as conn, conn.transaction():
@@ -385,6 +388,12 @@ class PostgresRunStore:
             )
             row = await cur.fetchone()
             current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"schema {self.schema!r} is at version {current}, newer than the "
+                    f"{SCHEMA_VERSION} this flowcraft-rabbitmq knows: it would misread runs "
+                    "written by a newer worker; upgrade this process"
+                )
             for version in sorted(_MIGRATIONS):
                 if version <= current:
                     continue
