@@ -145,3 +145,22 @@ async def test_sqlite_file_of_an_earlier_version_is_migrated(tmp_path: Path) -> 
         assert (later.version, later.full, later.sets) == (5, False, {"c": 3})
     finally:
         backend.close()
+
+
+async def test_sqlite_file_of_a_newer_layout_is_refused(tmp_path: Path) -> None:
+    """A process whose code knows an older layout than the file's stops with an error naming
+    both versions instead of misreading what newer processes wrote."""
+    import sqlite3
+
+    from flowcraft.distributed.sqlite import SCHEMA_VERSION
+
+    path = tmp_path / "newer.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    backend = SqliteBackend(path)
+    try:
+        with pytest.raises(RuntimeError, match=f"layout version {SCHEMA_VERSION + 1} is newer"):
+            await SqliteRunContext(backend, "r").load()
+    finally:
+        backend.close()

@@ -119,9 +119,23 @@ def _read_since(c: sqlite3.Connection, run_id: str, since: int) -> Changes:
     return Changes(version, "", False, sets, deletes)
 
 
+SCHEMA_VERSION = 2
+"""The database layout this code reads and writes (``PRAGMA user_version``); 2 added
+``fc_ctx.ver``."""
+
+
 def _migrate(c: sqlite3.Connection) -> None:
     """Bring a database made by an earlier version up to this schema (idempotent; another
-    process may be doing the same)."""
+    process may be doing the same). A file of a newer layout is refused: this code would
+    misread what newer processes write."""
+    found = int(c.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database layout version {found} is newer than the {SCHEMA_VERSION} this "
+            "flowcraft-core knows: upgrade this process"
+        )
+    if found == SCHEMA_VERSION:
+        return
     cols = {r[1] for r in c.execute("PRAGMA table_info(fc_ctx)")}
     if "ver" not in cols:
         try:
@@ -129,6 +143,7 @@ def _migrate(c: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise
+    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _coord_op(c: sqlite3.Connection, now: float, op: str, key: str, value: str, ttl: float) -> Any:
@@ -213,8 +228,12 @@ class SqliteBackend:
                     break
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) or time.monotonic() > deadline:
+                        conn.close()
                         raise
                     time.sleep(0.005)
+                except BaseException:
+                    conn.close()
+                    raise
             self._conn = conn
         return self._conn
 
