@@ -2,8 +2,9 @@
 
 ``pip install flowcraft-rabbitmq``; then ``flowcraft worker --backend amqp://HOST:5672/?...`` or
 :class:`RabbitMQAdapter` from Python. Jobs travel through RabbitMQ (``aio-pika``), run state
-lives in PostgreSQL (:mod:`flowcraft_rabbitmq.postgres`, ``psycopg`` 3) and node leases in
-Redis (:mod:`flowcraft.redis`, installed with ``flowcraft-core[redis]``).
+and node leases live in PostgreSQL (:mod:`flowcraft_rabbitmq.postgres`, ``psycopg`` 3) and
+the other coordination keys in Redis (:mod:`flowcraft.redis`, installed with
+``flowcraft-core[redis]``).
 """
 
 from __future__ import annotations
